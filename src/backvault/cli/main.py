@@ -1,0 +1,25 @@
+"""The `backvault` command."""
+
+from __future__ import annotations
+
+import typer
+
+from backvault.cli import repo_maintenance  # noqa: F401  (registers forget/prune/key commands)
+from backvault.cli.repo_commands import app as repo_app
+
+app = typer.Typer(
+    help="backvault: centralized, deduplicated, encrypted backups.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(repo_app, name="repo")
+
+
+@app.callback()
+def root() -> None:
+    """backvault: centralized, deduplicated, encrypted backups."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

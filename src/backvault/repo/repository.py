@@ -1,0 +1,272 @@
+"""Opening a repository and reading from it: keys, config, index, snapshots, trees, chunks."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from backvault.repo import keys as keyfiles
+from backvault.repo.blob import BlobCodec, BlobType
+from backvault.repo.config import CONFIG_KEY, ChunkerParams, RepositoryConfig
+from backvault.repo.crypto import MasterKey, Sealer, content_hash
+from backvault.repo.errors import (
+    DamagedDataError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    SnapshotNotFoundError,
+    WrongPasswordError,
+)
+from backvault.repo.index import ChunkIndex, Location, decode_index
+from backvault.repo.locks import RepositoryLock
+from backvault.repo.pack import pack_key
+from backvault.repo.snapshot import Snapshot
+from backvault.repo.tree import Tree
+from backvault.repo.writer import BackupWriter
+from backvault.storage.base import ObjectNotFoundError, ObjectStore, StorageError
+
+READ_THREADS = 3
+
+
+@dataclass
+class LoadProblems:
+    """Objects that could not be read while opening; check reports them, other commands warn."""
+
+    damaged: dict[str, str] = field(default_factory=dict)  # object key -> reason
+
+
+def verify_named_object(key: str, data: bytes) -> None:
+    """Content-named objects must hash to their own name."""
+    name = key.rsplit("/", 1)[-1]
+    if content_hash(data) != name:
+        raise DamagedDataError(key, "content does not match its name (changed or truncated)")
+
+
+class Repository:
+    """An open repository: the decrypted config and the chunk index, ready to read and write."""
+
+    def __init__(self, store: ObjectStore, master: MasterKey, config: RepositoryConfig, key_id: str) -> None:
+        self.store = store
+        self.master = master
+        self.config = config
+        self.key_id = key_id
+        self.sealer = Sealer(master.encryption_key)
+        self.codec = BlobCodec(self.sealer, master.chunk_id_key, config.compression_level)
+        self.index = ChunkIndex()
+        self.index_ids: set[str] = set()
+        self.problems = LoadProblems()
+        self._lock: RepositoryLock | None = None
+        self.load_index()
+
+    # --- creation and opening -------------------------------------------------------------
+
+    @classmethod
+    def init(cls, store: ObjectStore, password: str, *, chunker: ChunkerParams | None = None) -> Repository:
+        """Create a new repository in an empty location."""
+        if store.exists(CONFIG_KEY) or next(iter(store.list("")), None) is not None:
+            raise RepositoryExistsError(store.location)
+        master = MasterKey.generate()
+        config = RepositoryConfig.new(chunker)
+        key_object = keyfiles.make_key_object(master, password)
+        key_id = content_hash(key_object)
+        store.put_new(f"keys/{key_id}", key_object)
+        store.put_new(CONFIG_KEY, config.to_object(Sealer(master.encryption_key)))
+        return cls(store, master, config, key_id)
+
+    @classmethod
+    def open(cls, store: ObjectStore, password: str) -> Repository:
+        """Open with any key that the passphrase unlocks."""
+        master, key_id = unlock(store, password)
+        config = RepositoryConfig.from_object(store.get(CONFIG_KEY), Sealer(master.encryption_key))
+        return cls(store, master, config, key_id)
+
+    # --- index ----------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        """(Re)load every index object and prune's deletion marks."""
+        documents = {}
+        for info in self.store.list("index/"):
+            try:
+                data = self.store.get(info.key)
+                verify_named_object(info.key, data)
+                documents[info.key.rsplit("/", 1)[1]] = decode_index(data, self.sealer)
+            except ObjectNotFoundError:
+                continue  # superseded and deleted by a concurrent prune
+            except (DamagedDataError, ValueError) as error:
+                self.problems.damaged[info.key] = str(getattr(error, "reason", error))
+        superseded = {old for document in documents.values() for old in document.supersedes}
+        index = ChunkIndex()
+        for index_id, document in documents.items():
+            if index_id in superseded:
+                continue
+            for pack_id, entries in document.packs.items():
+                index.add_pack(pack_id, entries)
+        index.condemned_packs = self._read_condemned_packs()
+        self.index = index
+        self.index_ids = set(documents) - superseded
+
+    def _read_condemned_packs(self) -> set[str]:
+        from backvault.repo.prune import read_deletion_marks  # prune imports this module
+
+        return {pack for mark in read_deletion_marks(self) for pack in mark.packs}
+
+    def has_chunk(self, chunk_id: str) -> bool:
+        """True when the chunk is stored (in a pack that prune has not condemned)."""
+        return self.index.has_live(bytes.fromhex(chunk_id))
+
+    def chunk_size(self, chunk_id: str) -> int:
+        """Plaintext size of a stored chunk."""
+        location = self.index.lookup(bytes.fromhex(chunk_id))
+        if location is None:
+            raise DamagedDataError("index", "chunk is not in the index", chunk_id)
+        return location.raw_length
+
+    # --- reading --------------------------------------------------------------------------
+
+    def read_blob(self, blob_id: bytes, blob_type: BlobType = BlobType.DATA) -> bytes:
+        """Fetch, decrypt and verify one blob, trying every stored copy."""
+        locations = self.index.locations(blob_id)
+        if not locations:
+            raise DamagedDataError("index", "no pack holds this blob (missing from the index)", blob_id.hex())
+        last_error: DamagedDataError | None = None
+        for location in locations:
+            key = pack_key(location.pack_id)
+            try:
+                stored = self.store.get_range(key, location.offset, location.length)
+                return self.codec.decode(blob_type, blob_id, stored)
+            except (ObjectNotFoundError, ValueError) as error:
+                last_error = DamagedDataError(key, str(error), blob_id.hex())
+        assert last_error is not None
+        raise last_error
+
+    def load_tree(self, tree_id: str) -> Tree:
+        """Read and parse one tree blob."""
+        data = self.read_blob(bytes.fromhex(tree_id), BlobType.TREE)
+        try:
+            return Tree.deserialize(data)
+        except (ValueError, KeyError, TypeError) as error:
+            raise DamagedDataError("tree " + tree_id, f"tree does not parse ({error})", tree_id) from error
+
+    def iter_chunks(self, chunk_ids: Iterable[str]) -> Iterator[tuple[str, bytes | DamagedDataError]]:
+        """Yield each distinct chunk once, reading pack by pack; damaged chunks yield the error."""
+        by_pack: dict[str, list[tuple[bytes, Location]]] = defaultdict(list)
+        for chunk_id in dict.fromkeys(chunk_ids):
+            blob_id = bytes.fromhex(chunk_id)
+            location = self.index.lookup(blob_id)
+            if location is None:
+                yield chunk_id, DamagedDataError("index", "chunk is not in the index", chunk_id)
+                continue
+            by_pack[location.pack_id].append((blob_id, location))
+
+        def read_pack(pack_id: str) -> list[tuple[str, bytes | DamagedDataError]]:
+            wanted = sorted(by_pack[pack_id], key=lambda item: item[1].offset)
+            start = wanted[0][1].offset
+            end = max(loc.offset + loc.length for _, loc in wanted)
+            results: list[tuple[str, bytes | DamagedDataError]] = []
+            try:
+                region = self.store.get_range(pack_key(pack_id), start, end - start)
+            except StorageError:
+                region = b""
+            for blob_id, location in wanted:
+                piece = region[location.offset - start : location.offset - start + location.length]
+                try:
+                    if len(piece) != location.length:
+                        raise ValueError("pack is missing or shorter than the index says")
+                    results.append((blob_id.hex(), self.codec.decode(BlobType.DATA, blob_id, piece)))
+                except ValueError:
+                    try:  # another copy of the blob may be intact
+                        results.append((blob_id.hex(), self.read_blob(blob_id)))
+                    except DamagedDataError as error:
+                        results.append((blob_id.hex(), error))
+            return results
+
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            # map keeps at most a window of packs in memory because results are consumed in order
+            pack_ids = list(by_pack)
+            window = READ_THREADS * 2
+            for start in range(0, len(pack_ids), window):
+                for results in pool.map(read_pack, pack_ids[start : start + window]):
+                    yield from results
+
+    # --- snapshots ------------------------------------------------------------------------
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every readable snapshot, oldest first; damaged ones are recorded in problems."""
+        found: list[Snapshot] = []
+        for info in self.store.list("snapshots/"):
+            snapshot_id = info.key.rsplit("/", 1)[1]
+            try:
+                data = self.store.get(info.key)
+                verify_named_object(info.key, data)
+                found.append(Snapshot.decode(snapshot_id, data, self.sealer))
+            except ObjectNotFoundError:
+                continue  # forgotten meanwhile
+            except (DamagedDataError, ValueError, KeyError, TypeError) as error:
+                self.problems.damaged[info.key] = str(getattr(error, "reason", error))
+        found.sort(key=lambda snapshot: (snapshot.time, snapshot.id))
+        return found
+
+    def find_snapshot(self, reference: str) -> Snapshot:
+        """Resolve 'latest' or a unique id prefix."""
+        snapshots = self.list_snapshots()
+        if reference == "latest":
+            if not snapshots:
+                raise SnapshotNotFoundError(reference, "the repository has no snapshots")
+            return snapshots[-1]
+        matches = [snapshot for snapshot in snapshots if snapshot.id.startswith(reference.lower())]
+        if len(matches) > 1:
+            raise SnapshotNotFoundError(reference, f"the prefix is ambiguous ({len(matches)} snapshots)")
+        if not matches:
+            raise SnapshotNotFoundError(reference)
+        return matches[0]
+
+    # --- writing and locking --------------------------------------------------------------
+
+    def lock(self, *, exclusive: bool = False) -> RepositoryLock:
+        """Acquire a repository lock (release it when done)."""
+        lock = RepositoryLock(self.store, self.sealer, exclusive=exclusive)
+        lock.acquire()
+        return lock
+
+    def writer(self, *, threads: int = 2) -> BackupWriter:
+        """A writer for one backup; use it as a context manager."""
+        return BackupWriter(self, threads=threads)
+
+    def save_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        """Store a snapshot object; its id is the hash of the stored bytes."""
+        data = snapshot.encode(self.sealer)
+        snapshot.id = content_hash(data)
+        self.store.put_new(f"snapshots/{snapshot.id}", data)
+        return snapshot
+
+    def close(self) -> None:
+        """Release resources (nothing is left pending by readers)."""
+
+
+def unlock(store: ObjectStore, password: str) -> tuple[MasterKey, str]:
+    """Find a key object the passphrase opens; clear errors for non-repositories and bad passphrases."""
+    try:
+        store.stat(CONFIG_KEY)
+    except ObjectNotFoundError as error:
+        raise RepositoryNotFoundError(store.location, "it has no config object") from error
+    except StorageError as error:
+        raise RepositoryNotFoundError(store.location, str(error)) from error
+    key_objects = list(store.list("keys/"))
+    if not key_objects:
+        raise RepositoryNotFoundError(store.location, "it has no key objects")
+    damaged: list[str] = []
+    tried = 0
+    for info in sorted(key_objects, key=lambda item: item.modified):
+        data = store.get(info.key)
+        try:
+            verify_named_object(info.key, data)
+            tried += 1
+            master = keyfiles.unwrap_key_object(data, password)
+        except (DamagedDataError, ValueError, KeyError, json.JSONDecodeError):
+            damaged.append(info.key)
+            continue
+        if master is not None:
+            return master, info.key.rsplit("/", 1)[1]
+    raise WrongPasswordError(tried, damaged)

@@ -1,0 +1,260 @@
+"""BackupWriter: chunk, deduplicate, encode and pack new data, then commit a snapshot.
+
+Write order is packs -> index -> snapshot, so a crash at any moment leaves only
+unreferenced packs or index entries, never a snapshot pointing at missing data.
+An index object is written after every pack, so an interrupted backup's uploads are
+reused by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO
+
+from pyfastcdc.cy import FastCDC
+
+from backvault.repo.blob import BlobType
+from backvault.repo.crypto import content_hash
+from backvault.repo.index import encode_index
+from backvault.repo.pack import PackBuilder, PackEntry, pack_key
+from backvault.repo.tree import Tree
+from backvault.storage.base import ObjectExistsError
+
+if TYPE_CHECKING:
+    from backvault.repo.locks import RepositoryLock
+    from backvault.repo.repository import Repository
+    from backvault.repo.snapshot import Snapshot
+
+# O_NOATIME keeps backups from touching access times; only the owner or root may use it
+_OPEN_FLAGS = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0)
+
+
+@dataclass
+class WriterStats:
+    """Counters for one backup."""
+
+    bytes_read: int = 0
+    bytes_new: int = 0  # plaintext bytes of chunks that were not stored before
+    bytes_stored: int = 0  # what those chunks occupy after compression and encryption
+    chunks_new: int = 0
+    chunks_reused: int = 0
+    packs_written: int = 0
+
+
+class BackupWriter:
+    """Stores new blobs for one backup; save_* may be called from several threads at once."""
+
+    def __init__(self, repository: Repository, *, threads: int = 2) -> None:
+        self.repository = repository
+        self.stats = WriterStats()
+        self._mutex = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._builder = PackBuilder()
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
+        self._slots = threading.BoundedSemaphore(max(1, threads) * 2)
+        self._local = threading.local()
+        self._lock: RepositoryLock | None = None
+        self._committed = False
+
+    # --- context -------------------------------------------------------------------------
+
+    def __enter__(self) -> BackupWriter:
+        self._lock = self.repository.lock()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        try:
+            if not self._committed:
+                self.flush()  # keep what was uploaded reusable even without a snapshot
+        finally:
+            self._pool.shutdown(wait=True)
+            if self._lock is not None:
+                self._lock.release()
+
+    # --- saving content ------------------------------------------------------------------
+
+    def _chunker(self) -> FastCDC:
+        chunker = getattr(self._local, "chunker", None)
+        if chunker is None:
+            params = self.repository.config.chunker
+            chunker = FastCDC(
+                params.avg_size,
+                min_size=params.min_size,
+                max_size=params.max_size,
+                normalized_chunking=params.normalization,
+                seed=params.seed,
+            )
+            self._local.chunker = chunker
+        return chunker
+
+    def save_file(self, path: bytes | str) -> tuple[list[str], int]:
+        """Store a regular file's content; returns (chunk ids, bytes read)."""
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            return self.save_fd(fd)
+        finally:
+            os.close(fd)
+
+    def save_fd(self, fd: int) -> tuple[list[str], int]:
+        """Store the content readable from an open file descriptor."""
+        size = os.fstat(fd).st_size
+        if size < self.repository.config.chunker.min_size:
+            data = _read_all(fd, size)
+            if len(data) < self.repository.config.chunker.min_size:
+                return ([self._save_blob(data, BlobType.DATA, None)] if data else []), len(data)
+            # the file grew while we read it: fall back to chunking what we already have + the rest
+            return self._save_chunks(_PrefixedReader(data, fd))
+        return self._save_chunks(_FdReader(fd))
+
+    def save_stream(self, stream: BinaryIO) -> tuple[list[str], int]:
+        """Store everything read from a binary stream (database dumps, object bodies)."""
+        return self._save_chunks(stream)
+
+    def _save_chunks(self, stream: object) -> tuple[list[str], int]:
+        ids: list[str] = []
+        futures: list[Future[None]] = []
+        total = 0
+        try:
+            for chunk in self._chunker().cut_stream(stream):
+                # the chunker reuses its buffer, so the bytes are copied before the next cut
+                ids.append(self._save_blob(bytes(chunk.data), BlobType.DATA, futures))
+                total += chunk.length
+        finally:
+            for future in futures:
+                future.result()
+        return ids, total
+
+    def save_tree(self, tree: Tree) -> str:
+        """Store a serialised tree (deduplicated) and return its id."""
+        return self._save_blob(tree.serialize(), BlobType.TREE, None)
+
+    def has_chunk(self, chunk_id: str) -> bool:
+        """True when the chunk is already stored or being stored by this writer."""
+        blob_id = bytes.fromhex(chunk_id)
+        with self._mutex:
+            return blob_id in self._pending or self.repository.index.has_live(blob_id)
+
+    def _save_blob(self, data: bytes, blob_type: BlobType, futures: list[Future[None]] | None) -> str:
+        """Deduplicate one blob; encode it now (futures is None) or in the pool."""
+        blob_id = self.repository.codec.blob_id(blob_type, data)
+        with self._mutex:
+            self.stats.bytes_read += len(data) if blob_type == BlobType.DATA else 0
+            if blob_id in self._pending or self.repository.index.has_live(blob_id):
+                self.stats.chunks_reused += 1
+                return blob_id.hex()
+            self._pending.add(blob_id)
+        if futures is None:
+            self._encode_and_pack(blob_type, blob_id, data)
+        else:
+            self._slots.acquire()
+            future = self._pool.submit(self._encode_and_pack, blob_type, blob_id, data)
+            future.add_done_callback(lambda _: self._slots.release())
+            futures.append(future)
+        return blob_id.hex()
+
+    def _encode_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
+        stored = self.repository.codec.encode(blob_type, blob_id, data)
+        full: PackBuilder | None = None
+        with self._mutex:
+            self._builder.add(blob_type, blob_id, stored, len(data))
+            self.stats.chunks_new += 1
+            self.stats.bytes_new += len(data)
+            self.stats.bytes_stored += len(stored)
+            if self._builder.size >= self.repository.config.pack_size:
+                full, self._builder = self._builder, PackBuilder()
+        if full is not None:
+            self._upload(full)
+
+    def _upload(self, builder: PackBuilder) -> None:
+        """Write one pack, then the index object that makes its blobs known."""
+        repository = self.repository
+        pack_id = store_pack(repository, builder)
+        with self._mutex:
+            repository.index.add_pack(pack_id, builder.entries)
+            self._pending.difference_update(entry.id for entry in builder.entries)
+            self.stats.packs_written += 1
+
+    # --- finishing -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Upload the partly filled pack and its index."""
+        with self._mutex:
+            builder, self._builder = self._builder, PackBuilder()
+        if builder.entries:
+            self._upload(builder)
+
+    def commit(self, snapshot: Snapshot) -> Snapshot:
+        """Flush everything, then store the snapshot (the last write of a backup)."""
+        self.flush()
+        if self._lock is not None:
+            self._lock.check_fresh()
+        if snapshot.time.tzinfo is None:
+            snapshot.time = snapshot.time.replace(tzinfo=UTC)
+        saved = self.repository.save_snapshot(snapshot)
+        self._committed = True
+        return saved
+
+
+def store_pack(repository: Repository, builder: PackBuilder) -> str:
+    """Upload a finished pack, then the index object that makes its blobs known; returns the pack id."""
+    data = builder.finish(repository.sealer)
+    pack_id = content_hash(data)
+    with contextlib.suppress(ObjectExistsError):  # identical bytes already stored by a retried upload
+        repository.store.put_new(pack_key(pack_id), data)
+    write_index(repository, {pack_id: builder.entries})
+    return pack_id
+
+
+def write_index(
+    repository: Repository, packs: dict[str, list[PackEntry]], supersedes: list[str] | None = None
+) -> str:
+    """Store an index object for the given packs; returns its id."""
+    data = encode_index(packs, supersedes or [], repository.sealer)
+    index_id = content_hash(data)
+    with contextlib.suppress(ObjectExistsError):
+        repository.store.put_new(f"index/{index_id}", data)
+    repository.index_ids.add(index_id)
+    return index_id
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        piece = os.read(fd, max(size, 65536))
+        if not piece:
+            return b"".join(parts)
+        parts.append(piece)
+
+
+class _FdReader:
+    """A readinto() reader over a file descriptor, for the chunker."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def readinto(self, buffer: memoryview) -> int:
+        return os.readv(self._fd, [buffer])
+
+
+class _PrefixedReader(_FdReader):
+    """Serves bytes already read, then the rest of the file."""
+
+    def __init__(self, prefix: bytes, fd: int) -> None:
+        super().__init__(fd)
+        self._prefix = memoryview(prefix)
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._prefix:
+            count = min(len(buffer), len(self._prefix))
+            buffer[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        return super().readinto(buffer)

@@ -1,0 +1,82 @@
+"""The object-store interface every storage backend implements.
+
+The repository stores immutable, content-named objects ("data/ab/abcd...", "index/...",
+"snapshots/...", "keys/...", "locks/...", "config"). A backend only has to store and
+return bytes under a key; it never interprets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """A storage operation failed (after retries, where the backend retries)."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The requested key does not exist."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object not found: {key}")
+        self.key = key
+
+
+class ObjectExistsError(StorageError):
+    """A create-only write found the key already present."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object already exists: {key}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing knows about one object."""
+
+    key: str
+    size: int
+    modified: float  # seconds since the epoch, as the backend reports it
+
+
+class ObjectStore(Protocol):
+    """Flat key -> bytes store. Keys use '/' as separator and never start with '/'."""
+
+    @property
+    def location(self) -> str:
+        """A human-readable location (path or s3:// URL) for messages."""
+        ...
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        """Store data under key atomically: readers see the old object, or the whole new one."""
+        ...
+
+    def put_new(self, key: str, data: bytes | memoryview) -> None:
+        """Store data under key only if it does not exist yet, else raise ObjectExistsError."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Return the whole object, or raise ObjectNotFoundError."""
+        ...
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return length bytes starting at offset, or raise ObjectNotFoundError."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Return size and modification time, or raise ObjectNotFoundError."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Tell whether key exists."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove key; removing a missing key is not an error."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with prefix, in no particular order."""
+        ...

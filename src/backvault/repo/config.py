@@ -13,6 +13,7 @@ from backvault.repo.errors import DamagedDataError, RepositoryError
 
 REPOSITORY_FORMAT_VERSION = 1
 CONFIG_KEY = "config"
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class RepositoryConfig:
     id: str
     chunker: ChunkerParams = field(default_factory=ChunkerParams)
     compression_level: int = 3
-    pack_size: int = 16 * 1024 * 1024
+    pack_size: int = DEFAULT_PACK_SIZE
 
     @classmethod
-    def new(cls, chunker: ChunkerParams | None = None) -> RepositoryConfig:
+    def new(cls, chunker: ChunkerParams | None = None, pack_size: int | None = None) -> RepositoryConfig:
         """A fresh config with a random id and a random chunker seed."""
         params = chunker or ChunkerParams(seed=int.from_bytes(os.urandom(4), "little") or 1)
-        return cls(id=os.urandom(32).hex(), chunker=params)
+        return cls(id=os.urandom(32).hex(), chunker=params, pack_size=pack_size or DEFAULT_PACK_SIZE)
 
     def to_object(self, sealer: Sealer) -> bytes:
         """Serialise: public version and id, everything else sealed under the master key."""

@@ -131,5 +131,3 @@ def rebuild_index(repository: Repository) -> tuple[int, list[str]]:
         return len(packs), damaged
     finally:
         lock.release()
-
-

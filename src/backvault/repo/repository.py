@@ -63,12 +63,19 @@ class Repository:
     # --- creation and opening -------------------------------------------------------------
 
     @classmethod
-    def init(cls, store: ObjectStore, password: str, *, chunker: ChunkerParams | None = None) -> Repository:
-        """Create a new repository in an empty location."""
+    def init(
+        cls,
+        store: ObjectStore,
+        password: str,
+        *,
+        chunker: ChunkerParams | None = None,
+        pack_size: int | None = None,
+    ) -> Repository:
+        """Create a new repository in an empty location (pack_size: tests use small packs)."""
         if store.exists(CONFIG_KEY) or next(iter(store.list("")), None) is not None:
             raise RepositoryExistsError(store.location)
         master = MasterKey.generate()
-        config = RepositoryConfig.new(chunker)
+        config = RepositoryConfig.new(chunker, pack_size)
         key_object = keyfiles.make_key_object(master, password)
         key_id = content_hash(key_object)
         store.put_new(f"keys/{key_id}", key_object)

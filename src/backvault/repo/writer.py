@@ -15,11 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO
-
-from pyfastcdc.cy import FastCDC
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from backvault.repo.blob import BlobType
+from backvault.repo.chunker import make_chunker
 from backvault.repo.crypto import content_hash
 from backvault.repo.index import encode_index
 from backvault.repo.pack import PackBuilder, PackEntry, pack_key
@@ -81,17 +80,10 @@ class BackupWriter:
 
     # --- saving content ------------------------------------------------------------------
 
-    def _chunker(self) -> FastCDC:
+    def _chunker(self) -> Any:
         chunker = getattr(self._local, "chunker", None)
-        if chunker is None:
-            params = self.repository.config.chunker
-            chunker = FastCDC(
-                params.avg_size,
-                min_size=params.min_size,
-                max_size=params.max_size,
-                normalized_chunking=params.normalization,
-                seed=params.seed,
-            )
+        if chunker is None:  # FastCDC objects must not be shared between threads
+            chunker = make_chunker(self.repository.config.chunker)
             self._local.chunker = chunker
         return chunker
 

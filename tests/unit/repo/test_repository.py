@@ -1,0 +1,128 @@
+"""The repository API: dedup, snapshots, prune's two phases and their safety rules."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from backvault.repo.errors import RepositoryExistsError, SnapshotNotFoundError, WrongPasswordError
+from backvault.repo.prune import prune, read_deletion_marks
+from backvault.repo.repository import Repository
+from backvault.repo.snapshot import Snapshot
+from backvault.repo.tree import Node, Tree
+from backvault.repo.writer import BackupWriter
+from backvault.storage.local import LocalStore
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Repository:
+    return Repository.init(LocalStore(tmp_path / "repo"), "pw", pack_size=256 * 1024)
+
+
+def save(writer: BackupWriter, files: dict[bytes, bytes]) -> Snapshot:
+    nodes = []
+    for name, data in files.items():
+        ids, size = writer.save_stream(io.BytesIO(data))
+        nodes.append(Node(name=name, type="file", size=size, content=ids))
+    tree_id = writer.save_tree(Tree(nodes))
+    snapshot = Snapshot(tree=tree_id, paths=["/src"], hostname="h", username="u", time=datetime.now(UTC))
+    return writer.commit(snapshot)
+
+
+def read_back(repository: Repository, snapshot: Snapshot) -> dict[bytes, bytes]:
+    tree = repository.load_tree(snapshot.tree)
+    result = {}
+    for node in tree.nodes:
+        chunks = dict(repository.iter_chunks(node.content))
+        parts = [chunks[chunk] for chunk in node.content]
+        assert all(isinstance(part, bytes) for part in parts)
+        result[node.name] = b"".join(parts)  # type: ignore[arg-type]
+    return result
+
+
+def test_init_refuses_a_used_location_and_open_needs_the_passphrase(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "repo")
+    Repository.init(store, "pw")
+    with pytest.raises(RepositoryExistsError):
+        Repository.init(store, "pw")
+    with pytest.raises(WrongPasswordError):
+        Repository.open(store, "nope")
+    assert Repository.open(store, "pw").config.pack_size > 0
+
+
+def test_backup_round_trip_and_dedup(repository: Repository) -> None:
+    files = {b"a": os.urandom(3 << 20), b"b": b"text " * 100000, b"empty": b""}
+    with repository.writer() as writer:
+        first = save(writer, files)
+    with repository.writer() as writer:
+        save(writer, files)
+        assert writer.stats.chunks_new == 0 and writer.stats.bytes_stored == 0
+    reopened = Repository.open(repository.store, "pw")
+    assert read_back(reopened, reopened.find_snapshot(first.id[:6])) == files
+
+
+def test_find_snapshot_by_latest_prefix_and_errors(repository: Repository) -> None:
+    with pytest.raises(SnapshotNotFoundError, match="no snapshots"):
+        repository.find_snapshot("latest")
+    with repository.writer() as writer:
+        one = save(writer, {b"x": b"1"})
+    with repository.writer() as writer:
+        two = save(writer, {b"x": b"2"})
+    assert repository.find_snapshot("latest").id in {one.id, two.id}
+    assert repository.find_snapshot(two.id[:10]).id == two.id
+    with pytest.raises(SnapshotNotFoundError):
+        repository.find_snapshot("zzzz")
+
+
+def test_prune_removes_unreferenced_data_and_keeps_the_rest(repository: Repository) -> None:
+    keep = {b"keep": os.urandom(2 << 20)}
+    with repository.writer() as writer:
+        old = save(writer, {b"old": os.urandom(2 << 20), **keep})
+    with repository.writer() as writer:
+        new = save(writer, keep)
+    before = sum(info.size for info in repository.store.list("data/"))
+    repository.store.delete(f"snapshots/{old.id}")
+    report = prune(repository, grace_seconds=0)
+    after = sum(info.size for info in repository.store.list("data/"))
+    assert report.packs_deleted > 0 and after < before * 0.7
+    assert read_back(Repository.open(repository.store, "pw"), new) == keep
+    assert read_deletion_marks(repository) == []
+
+
+def test_prune_defers_while_an_older_backup_runs_and_resurrects_what_it_used(repository: Repository) -> None:
+    shared = os.urandom(2 << 20)
+    with repository.writer() as writer:
+        old = save(writer, {b"shared": shared})
+    repository.store.delete(f"snapshots/{old.id}")
+    concurrent = Repository.open(repository.store, "pw")  # loaded the index before the mark
+    with concurrent.writer() as writer:
+        report = prune(repository, grace_seconds=0)
+        assert report.packs_marked > 0 and report.marks_deferred == 1 and report.packs_deleted == 0
+        # the running backup dedups against the condemned data: its index predates the mark
+        snapshot = save(writer, {b"shared": shared})
+        assert writer.stats.chunks_new == 0
+    report = prune(repository, grace_seconds=0)
+    assert report.packs_resurrected > 0 and report.packs_deleted == 0
+    assert read_back(Repository.open(repository.store, "pw"), snapshot) == {b"shared": shared}
+
+
+def test_writers_opened_after_a_mark_do_not_dedup_against_condemned_packs(repository: Repository) -> None:
+    data = os.urandom(1 << 20)
+    with repository.writer() as writer:
+        old = save(writer, {b"f": data})
+    repository.store.delete(f"snapshots/{old.id}")
+    holder = Repository.open(repository.store, "pw").lock()  # an older lock defers the sweep
+    try:
+        prune(repository, grace_seconds=0)
+    finally:
+        holder.release()
+    later = Repository.open(repository.store, "pw")
+    with later.writer() as writer:
+        snapshot = save(writer, {b"f": data})
+        assert writer.stats.chunks_new > 0
+    prune(later, grace_seconds=0)
+    assert read_back(Repository.open(repository.store, "pw"), snapshot) == {b"f": data}

@@ -106,7 +106,7 @@ def forget(
                     str(item["id"])[:8],
                     moment.astimezone().strftime("%Y-%m-%d %H:%M") if moment else "",
                     "keep" if item["keep"] else ("would remove" if dry_run else "removed"),
-                    ", ".join(item["reasons"]),  # type: ignore[arg-type]
+                    ", ".join(item["reasons"]),
                 )
             out_console.print(table)
         if prune_after and not dry_run:

@@ -42,7 +42,11 @@ class ObjectInfo:
 
 
 class ObjectStore(Protocol):
-    """Flat key -> bytes store. Keys use '/' as separator and never start with '/'."""
+    """Flat key -> bytes store. Keys use '/' as separator and never start with '/'.
+
+    Every backend rejects invalid keys (empty, leading '/', empty, '.' or '..' segments,
+    backslash, NUL, segments starting with '.tmp-') with ValueError before any I/O.
+    """
 
     @property
     def location(self) -> str:
@@ -62,7 +66,11 @@ class ObjectStore(Protocol):
         ...
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        """Return length bytes starting at offset, or raise ObjectNotFoundError."""
+        """Return length bytes starting at offset, or raise ObjectNotFoundError.
+
+        Fewer bytes come back if the object ends first (b"" at or past its end), so callers
+        that need exactly length bytes must check the size. Negative arguments: ValueError.
+        """
         ...
 
     def stat(self, key: str) -> ObjectInfo:
@@ -79,4 +87,8 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with prefix, in no particular order."""
+        ...
+
+    def close(self) -> None:
+        """Release connections or handles held by the store."""
         ...

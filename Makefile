@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BACKVAULT_TEST_FAST_KDF ?= 1
 
-.PHONY: demo test lint typecheck unit bench bench-quick clean system-deps
+.PHONY: demo test lint typecheck unit services bench bench-quick clean system-deps
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "installing $(PYTHON)"; apt-get update -qq && apt-get install -y -qq python3.11 python3.11-venv; }
@@ -25,7 +25,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+services:
+	bash scripts/ensure-services.sh
+
+test: lint typecheck services unit
 
 demo: $(STAMP)
 	BACKVAULT_TEST_FAST_KDF=0 $(BIN)/python examples/demo.py

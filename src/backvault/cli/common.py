@@ -21,8 +21,9 @@ PASSWORD_ENV = "BACKVAULT_PASSWORD"
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3  # like restic: the snapshot was written but some files could not be read
 
-err_console = Console(stderr=True)
-out_console = Console()
+# soft_wrap: long paths stay on one line, so output can be grepped and copied
+err_console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:

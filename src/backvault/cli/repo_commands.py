@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from backvault.cli.common import (
@@ -42,15 +43,23 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ou
 
 
 @contextmanager
-def opened(repo: str, endpoint: str | None, password_file: Path | None):  # type: ignore[no-untyped-def]
+def opened(repo: str, endpoint: str | None, password_file: Path | None, *, shared_lock: bool = True):  # type: ignore[no-untyped-def]
     """Open the repository for one command, turning known failures into clear errors."""
     with clear_errors():
         store = open_store(repo, endpoint)
         password = read_password(password_file)
         repository = Repository.open(store, password)
-        for key, reason in repository.problems.damaged.items():
-            err_console.print(f"[yellow]warning:[/] {key} is damaged ({reason}); run 'backvault repo check'")
-        yield repository
+        # readers lock too: prune must not sweep what we are reading (exclusive commands lock themselves)
+        lock = repository.lock_and_refresh() if shared_lock else None
+        try:
+            for key, reason in repository.problems.damaged.items():
+                err_console.print(
+                    f"[yellow]warning:[/] {key} is damaged ({reason}); run 'backvault repo check'"
+                )
+            yield repository
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 @app.command()
@@ -117,7 +126,9 @@ def backup(
         )
     if snapshot.partial:
         for item in snapshot.errors:
-            err_console.print(f"[yellow]skipped:[/] {item['path']}: {item['error']}", highlight=False)
+            err_console.print(
+                f"[yellow]skipped:[/] {escape(item['path'])}: {escape(item['error'])}", highlight=False
+            )
         err_console.print(
             f"[yellow]warning:[/] snapshot {snapshot.short_id} is PARTIAL: "
             f"{len(snapshot.errors)} item(s) could not be read"
@@ -237,7 +248,7 @@ def restore(
         )
     if result.errors:
         for path, message in result.errors:
-            err_console.print(f"[red]not restored:[/] {path}: {message}", highlight=False, markup=False)
+            err_console.print(f"[red]not restored:[/] {escape(path)}: {escape(message)}", highlight=False)
         raise typer.Exit(EXIT_ERROR)
 
 
@@ -285,7 +296,9 @@ def check_command(
         for note in report.notes:
             out_console.print(f"note: {note}", highlight=False)
         for problem in report.problems:
-            err_console.print(f"[red]damaged:[/] {problem.object_key}: {problem.message}", highlight=False)
+            err_console.print(
+                f"[red]damaged:[/] {problem.object_key}: {escape(problem.message)}", highlight=False
+            )
             for affected in problem.affected:
                 err_console.print(
                     f"    affects snapshot {affected.snapshot[:8]}: {affected.path}",

@@ -247,7 +247,7 @@ def repair_index(
     """Rebuild the index from the packs' own headers."""
     from backvault.repo.maintenance import rebuild_index
 
-    with opened(repo, endpoint, password_file) as repository, clear_errors():
+    with opened(repo, endpoint, password_file, shared_lock=False) as repository, clear_errors():
         count, damaged = rebuild_index(repository)
     out_console.print(f"index rebuilt from {count} pack(s)")
     for item in damaged:

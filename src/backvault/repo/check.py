@@ -63,7 +63,7 @@ def check(
     lock = repository.lock()
     try:
         _check_static_objects(repository, report)
-        repository.load_index()
+        repository.load_index()  # under the lock: always current for a check
         snapshots = repository.list_snapshots()
         for key, reason in repository.problems.damaged.items():
             report.problems.append(Problem(key, reason))
@@ -146,14 +146,15 @@ def _pack_damage(repository: Repository, pack_id: str, data: bytes) -> Iterator[
     """Yield (blob id, reason) for every indexed blob of the pack that does not verify."""
     if content_hash(data) != pack_id:
         yield b"", "pack content does not match its name"
+    header: set[tuple[bytes, int, int]] = set()
     try:
-        header = {entry.id: entry for entry in parse_pack_header(data, repository.sealer)}
+        header = {
+            (entry.id, entry.offset, entry.length) for entry in parse_pack_header(data, repository.sealer)
+        }
     except ValueError as error:
-        header = {}
         yield b"", f"pack header: {error}"
     for blob_id, location in repository.index.entries_of(pack_id):
-        entry = header.get(blob_id)
-        if header and (entry is None or entry.offset != location.offset or entry.length != location.length):
+        if header and (blob_id, location.offset, location.length) not in header:
             yield blob_id, "index entry disagrees with the pack header"
             continue
         stored = data[location.offset : location.offset + location.length]

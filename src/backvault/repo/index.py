@@ -120,7 +120,7 @@ class ChunkIndex:
 
     def entries_of(self, pack_id: str) -> Iterator[tuple[bytes, Location]]:
         """The blobs recorded for one pack."""
-        for blob_id in self.packs.get(pack_id, []):
+        for blob_id in dict.fromkeys(self.packs.get(pack_id, [])):
             for location in self.locations(blob_id):
                 if location.pack_id == pack_id:
                     yield blob_id, location

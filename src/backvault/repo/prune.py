@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from backvault.repo.crypto import AuthenticationError, content_hash
 from backvault.repo.errors import DamagedDataError
+from backvault.repo.index import Location
 from backvault.repo.locks import read_locks
 from backvault.repo.pack import PackBuilder, PackEntry, pack_key
 from backvault.repo.writer import store_pack, write_index
@@ -97,10 +98,10 @@ def prune(repository: Repository, *, grace_seconds: float = DEFAULT_GRACE_SECOND
     report = PruneReport()
     lock = repository.lock()
     try:
-        _sweep(repository, grace_seconds, report, own_lock=lock.key)
+        _sweep(repository, grace_seconds, report)
         _mark(repository, report)
         if grace_seconds <= 0:
-            _sweep(repository, grace_seconds, report, own_lock=lock.key)
+            _sweep(repository, grace_seconds, report)
     finally:
         lock.release()
     return report
@@ -112,7 +113,8 @@ def _mark(repository: Repository, report: PruneReport) -> None:
     already = repository.index.condemned_packs
     sizes = dict(stored_packs(repository))
     condemned: set[str] = set()
-    to_repack: dict[str, list[PackEntry]] = {}
+    kept: set[bytes] = set()  # live blobs already stored in a pack that stays as it is
+    partly_used: dict[str, list[tuple[bytes, Location]]] = {}
     for pack_id in sizes:
         if pack_id in already:
             continue
@@ -121,9 +123,19 @@ def _mark(repository: Repository, report: PruneReport) -> None:
         if not live:
             condemned.add(pack_id)  # entirely unused, or not indexed (an interrupted upload)
         elif len(live) < len(entries):
-            to_repack[pack_id] = [
-                PackEntry(loc.type, blob_id, loc.offset, loc.length, loc.raw_length) for blob_id, loc in live
-            ]
+            partly_used[pack_id] = live
+        else:
+            kept.update(blob_id for blob_id, _ in entries)
+    # copy each live blob once: concurrent writers may have stored the same blob in several packs
+    to_repack: dict[str, list[PackEntry]] = {}
+    for pack_id, live in partly_used.items():
+        to_repack[pack_id] = []
+        for blob_id, loc in live:
+            if blob_id not in kept:
+                kept.add(blob_id)
+                to_repack[pack_id].append(
+                    PackEntry(loc.type, blob_id, loc.offset, loc.length, loc.raw_length)
+                )
     if to_repack:
         _repack(repository, to_repack, report)
         condemned.update(to_repack)
@@ -138,6 +150,9 @@ def _repack(repository: Repository, packs: dict[str, list[PackEntry]], report: P
     """Copy the live blobs of partly used packs into new packs (stored bytes are reused as they are)."""
     builder = PackBuilder()
     for pack_id, entries in packs.items():
+        report.packs_repacked += 1
+        if not entries:
+            continue  # its live blobs are all stored in packs that stay
         data = repository.store.get(pack_key(pack_id))
         for entry in entries:
             stored = data[entry.offset : entry.offset + entry.length]
@@ -146,7 +161,6 @@ def _repack(repository: Repository, packs: dict[str, list[PackEntry]], report: P
             if builder.size >= repository.config.pack_size:
                 _write_pack(repository, builder)
                 builder = PackBuilder()
-        report.packs_repacked += 1
     if builder.entries:
         _write_pack(repository, builder)
 
@@ -155,12 +169,13 @@ def _write_pack(repository: Repository, builder: PackBuilder) -> None:
     repository.index.add_pack(store_pack(repository, builder), builder.entries)
 
 
-def _sweep(repository: Repository, grace_seconds: float, report: PruneReport, *, own_lock: str) -> None:
+def _sweep(repository: Repository, grace_seconds: float, report: PruneReport) -> None:
     now = time.time()
     marks = [mark for mark in read_deletion_marks(repository) if now - mark.created >= grace_seconds]
     if not marks:
         return
-    locks = [lock for lock in read_locks(repository.store, repository.sealer) if lock.key != own_lock]
+    own = repository.held_lock_keys()  # our own locks (the command's and prune's) never defer us
+    locks = [lock for lock in read_locks(repository.store, repository.sealer) if lock.key not in own]
     ready: list[DeletionMark] = []
     for mark in marks:
         if any(lock.created <= mark.created and not lock.is_stale(now) for lock in locks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,8 @@ class Repository:
         self.index = ChunkIndex()
         self.index_ids: set[str] = set()
         self.problems = LoadProblems()
-        self._lock: RepositoryLock | None = None
+        self.index_loaded_at = 0.0
+        self._held_locks: list[RepositoryLock] = []
         self.load_index()
 
     # --- creation and opening -------------------------------------------------------------
@@ -93,6 +95,7 @@ class Repository:
 
     def load_index(self) -> None:
         """(Re)load every index object and prune's deletion marks."""
+        self.index_loaded_at = time.time()
         documents = {}
         for info in self.store.list("index/"):
             try:
@@ -192,7 +195,7 @@ class Repository:
         with ThreadPoolExecutor(READ_THREADS) as pool:
             # map keeps at most a window of packs in memory because results are consumed in order
             pack_ids = list(by_pack)
-            window = READ_THREADS * 2
+            window = READ_THREADS
             for start in range(0, len(pack_ids), window):
                 for results in pool.map(read_pack, pack_ids[start : start + window]):
                     yield from results
@@ -226,6 +229,11 @@ class Repository:
         if len(matches) > 1:
             raise SnapshotNotFoundError(reference, f"the prefix is ambiguous ({len(matches)} snapshots)")
         if not matches:
+            damaged = [
+                key for key in self.problems.damaged if key.startswith("snapshots/" + reference.lower())
+            ]
+            if damaged:
+                raise DamagedDataError(damaged[0], self.problems.damaged[damaged[0]])
             raise SnapshotNotFoundError(reference)
         return matches[0]
 
@@ -235,6 +243,22 @@ class Repository:
         """Acquire a repository lock (release it when done)."""
         lock = RepositoryLock(self.store, self.sealer, exclusive=exclusive)
         lock.acquire()
+        self._held_locks = [held for held in self._held_locks if held.key] + [lock]
+        return lock
+
+    def held_lock_keys(self) -> set[str]:
+        """Keys of the locks this process holds through this repository object."""
+        return {held.key for held in self._held_locks if held.key}
+
+    def index_is_protected(self) -> bool:
+        """True when the loaded index was read under a lock still held, so prune cannot sweep under it."""
+        return any(held.key and held.created <= self.index_loaded_at for held in self._held_locks)
+
+    def lock_and_refresh(self, *, exclusive: bool = False) -> RepositoryLock:
+        """Lock, then reload the index if it was read before any held lock (prune's sweep rule needs it)."""
+        lock = self.lock(exclusive=exclusive)
+        if not self.index_is_protected():
+            self.load_index()
         return lock
 
     def writer(self, *, threads: int = 2) -> BackupWriter:
@@ -264,16 +288,14 @@ def unlock(store: ObjectStore, password: str) -> tuple[MasterKey, str]:
     if not key_objects:
         raise RepositoryNotFoundError(store.location, "it has no key objects")
     damaged: list[str] = []
-    tried = 0
     for info in sorted(key_objects, key=lambda item: item.modified):
         data = store.get(info.key)
         try:
             verify_named_object(info.key, data)
-            tried += 1
             master = keyfiles.unwrap_key_object(data, password)
         except (DamagedDataError, ValueError, KeyError, json.JSONDecodeError):
             damaged.append(info.key)
             continue
         if master is not None:
             return master, info.key.rsplit("/", 1)[1]
-    raise WrongPasswordError(tried, damaged)
+    raise WrongPasswordError(len(key_objects), damaged)

@@ -64,7 +64,8 @@ class BackupWriter:
     # --- context -------------------------------------------------------------------------
 
     def __enter__(self) -> BackupWriter:
-        self._lock = self.repository.lock()
+        # the index used for dedup must be read under a lock, or prune could sweep packs we reuse
+        self._lock = self.repository.lock_and_refresh()
         return self
 
     def __exit__(

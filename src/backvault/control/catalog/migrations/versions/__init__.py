@@ -1,0 +1,1 @@
+"""Catalog migration scripts, one module per revision."""

@@ -1,0 +1,238 @@
+"""A vault's settings: Vault Lock, access policy and notifications (AWS's Put/Get/Delete operations)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from backvault.control.context import ServiceContext
+from backvault.control.events import EventType, record_event
+from backvault.control.vaults import get_vault_row, vault_lock
+from backvault.domain.arn import parse_arn
+from backvault.domain.errors import (
+    InvalidParameterValueException,
+    ResourceNotFoundException,
+    expect_list,
+    expect_str,
+    require_member,
+)
+from backvault.domain.vault import new_vault_lock, validate_lock_change
+
+# AWS's BackupVaultEvent values (botocore's backup model); the domain layer does not list them.
+BACKUP_VAULT_EVENTS = frozenset(
+    {
+        "BACKUP_JOB_STARTED",
+        "BACKUP_JOB_COMPLETED",
+        "BACKUP_JOB_SUCCESSFUL",
+        "BACKUP_JOB_FAILED",
+        "BACKUP_JOB_EXPIRED",
+        "RESTORE_JOB_STARTED",
+        "RESTORE_JOB_COMPLETED",
+        "RESTORE_JOB_SUCCESSFUL",
+        "RESTORE_JOB_FAILED",
+        "COPY_JOB_STARTED",
+        "COPY_JOB_SUCCESSFUL",
+        "COPY_JOB_FAILED",
+        "RECOVERY_POINT_MODIFIED",
+        "BACKUP_PLAN_CREATED",
+        "BACKUP_PLAN_MODIFIED",
+        "S3_BACKUP_OBJECT_FAILED",
+        "S3_RESTORE_OBJECT_FAILED",
+        "CONTINUOUS_BACKUP_INTERRUPTED",
+        "RECOVERY_POINT_INDEX_COMPLETED",
+        "RECOVERY_POINT_INDEX_DELETED",
+        "RECOVERY_POINT_INDEXING_FAILED",
+    }
+)
+
+
+# --- Vault Lock ----------------------------------------------------------------------------------
+
+
+def put_backup_vault_lock_configuration(
+    context: ServiceContext,
+    backup_vault_name: str,
+    *,
+    min_retention_days: int | None = None,
+    max_retention_days: int | None = None,
+    changeable_for_days: int | None = None,
+) -> dict[str, Any]:
+    """Set or replace the vault's lock; refused once a compliance lock has reached its lock date."""
+    now = context.now()
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name, for_update=True)
+        validate_lock_change(vault_lock(vault), now)
+        lock = new_vault_lock(
+            min_retention_days=min_retention_days,
+            max_retention_days=max_retention_days,
+            changeable_for_days=changeable_for_days,
+            now=now,
+        )
+        vault.locked = True
+        vault.min_retention_days = lock.min_retention_days
+        vault.max_retention_days = lock.max_retention_days
+        vault.changeable_for_days = changeable_for_days
+        vault.lock_date = lock.lock_date
+        record_event(
+            session,
+            EventType.BACKUP_VAULT_LOCK_CHANGED,
+            now,
+            resource_arn=vault.arn,
+            vault_name=vault.name,
+            detail={
+                "Mode": lock.mode.value,
+                "MinRetentionDays": lock.min_retention_days,
+                "MaxRetentionDays": lock.max_retention_days,
+                "LockDate": None if lock.lock_date is None else lock.lock_date.isoformat(),
+            },
+        )
+        return {}
+
+
+def delete_backup_vault_lock_configuration(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
+    """Remove the vault's lock; refused once a compliance lock has reached its lock date."""
+    now = context.now()
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name, for_update=True)
+        validate_lock_change(vault_lock(vault), now)
+        if vault.locked:
+            vault.locked = False
+            vault.min_retention_days = vault.max_retention_days = vault.changeable_for_days = None
+            vault.lock_date = None
+            record_event(
+                session,
+                EventType.BACKUP_VAULT_LOCK_DELETED,
+                now,
+                resource_arn=vault.arn,
+                vault_name=vault.name,
+            )
+        return {}
+
+
+# --- access policy -------------------------------------------------------------------------------
+
+
+def put_backup_vault_access_policy(
+    context: ServiceContext, backup_vault_name: str, *, policy: str | None = None
+) -> dict[str, Any]:
+    """Store the vault's resource policy (a JSON policy document given as a string, as in AWS)."""
+    document = _parse_policy(policy)
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        vault.access_policy = document
+        record_event(
+            session,
+            EventType.BACKUP_VAULT_ACCESS_POLICY_CHANGED,
+            context.now(),
+            resource_arn=vault.arn,
+            vault_name=vault.name,
+        )
+        return {}
+
+
+def get_backup_vault_access_policy(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
+    """Return the vault's policy; ResourceNotFoundException when it has none, as AWS answers."""
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        if vault.access_policy is None:
+            raise ResourceNotFoundException(f"Backup vault {vault.name!r} has no access policy.")
+        return {
+            "BackupVaultName": vault.name,
+            "BackupVaultArn": vault.arn,
+            "Policy": json.dumps(vault.access_policy, separators=(",", ":")),
+        }
+
+
+def delete_backup_vault_access_policy(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
+    """Remove the vault's policy (removing a missing policy is not an error)."""
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        if vault.access_policy is not None:
+            vault.access_policy = None
+            record_event(
+                session,
+                EventType.BACKUP_VAULT_ACCESS_POLICY_CHANGED,
+                context.now(),
+                resource_arn=vault.arn,
+                vault_name=vault.name,
+            )
+        return {}
+
+
+def _parse_policy(policy: Any) -> dict[str, Any]:
+    text = expect_str(policy if policy is not None else "", "Policy")
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise InvalidParameterValueException(f"Policy is not valid JSON: {error}.") from None
+    if not isinstance(document, dict) or "Statement" not in document:
+        raise InvalidParameterValueException(
+            "Policy must be a JSON policy document: an object with a Statement member."
+        )
+    return document
+
+
+# --- notifications -------------------------------------------------------------------------------
+
+
+def put_backup_vault_notifications(
+    context: ServiceContext,
+    backup_vault_name: str,
+    *,
+    sns_topic_arn: str | None,
+    backup_vault_events: list[str] | None,
+) -> dict[str, Any]:
+    """Subscribe a topic (a notification sink's ARN) to some of the vault's events."""
+    where = "PutBackupVaultNotifications"
+    request = {"SNSTopicArn": sns_topic_arn, "BackupVaultEvents": backup_vault_events}
+    topic = expect_str(require_member(request, "SNSTopicArn", where), "SNSTopicArn")
+    parse_arn(topic)
+    listed = expect_list(require_member(request, "BackupVaultEvents", where), "BackupVaultEvents")
+    events = [expect_str(item, "BackupVaultEvents[]") for item in listed]
+    unknown = sorted(set(events) - BACKUP_VAULT_EVENTS)
+    if unknown:
+        raise InvalidParameterValueException(
+            f"BackupVaultEvents has unknown event(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(sorted(BACKUP_VAULT_EVENTS))}."
+        )
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        vault.notifications = {"SNSTopicArn": topic, "BackupVaultEvents": list(dict.fromkeys(events))}
+        record_event(
+            session,
+            EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED,
+            context.now(),
+            resource_arn=vault.arn,
+            vault_name=vault.name,
+        )
+        return {}
+
+
+def get_backup_vault_notifications(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
+    """Return the vault's notification configuration; ResourceNotFoundException when it has none."""
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        if vault.notifications is None:
+            raise ResourceNotFoundException(f"Backup vault {vault.name!r} has no notification configuration.")
+        return {
+            "BackupVaultName": vault.name,
+            "BackupVaultArn": vault.arn,
+            "SNSTopicArn": vault.notifications["SNSTopicArn"],
+            "BackupVaultEvents": list(vault.notifications["BackupVaultEvents"]),
+        }
+
+
+def delete_backup_vault_notifications(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
+    """Remove the vault's notification configuration (removing a missing one is not an error)."""
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        if vault.notifications is not None:
+            vault.notifications = None
+            record_event(
+                session,
+                EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED,
+                context.now(),
+                resource_arn=vault.arn,
+                vault_name=vault.name,
+            )
+        return {}

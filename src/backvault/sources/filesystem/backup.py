@@ -1,0 +1,184 @@
+"""Back up directory trees into the repository as one snapshot."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from backvault.repo.errors import DamagedDataError
+from backvault.repo.repository import Repository
+from backvault.repo.snapshot import Snapshot
+from backvault.repo.tree import Node, Tree
+from backvault.sources.filesystem.backup_cache import (
+    DirectoryCache,
+    cache_path,
+    default_cache_dir,
+    load_cache,
+    save_cache,
+)
+from backvault.sources.filesystem.excludes import ExcludeMatcher
+from backvault.sources.filesystem.walker import ProgressInfo, Walker
+
+__all__ = ["BackupError", "ProgressInfo", "backup_paths", "latest_parent", "root_names"]
+
+
+class BackupError(Exception):
+    """The backup cannot start (for example a given path does not exist)."""
+
+
+def root_names(paths: Sequence[str]) -> list[bytes]:
+    """Name each backed-up path by its basename, adding -1, -2... to repeats (like restic)."""
+    seen: set[bytes] = set()
+    result: list[bytes] = []
+    for path in paths:
+        base = os.path.basename(os.fsencode(path).rstrip(b"/")) or b"root"
+        name, counter = base, 0
+        while name in seen:
+            counter += 1
+            name = base + b"-%d" % counter
+        seen.add(name)
+        result.append(name)
+    return result
+
+
+def _absolute(paths: Sequence[str]) -> list[str]:
+    """Make paths absolute (without resolving symlinks), drop repeats, check they exist."""
+    result: list[str] = []
+    for path in paths:
+        absolute = os.path.abspath(path)
+        if absolute in result:
+            continue
+        try:
+            os.lstat(os.fsencode(absolute))
+        except FileNotFoundError:
+            raise BackupError(f"{path}: does not exist") from None
+        except OSError as error:
+            raise BackupError(f"{path}: {error.strerror}") from None
+        result.append(absolute)
+    if not result:
+        raise BackupError("nothing to back up: no paths given")
+    return result
+
+
+def _parent_roots(repo: Repository, parent: Snapshot | None) -> dict[str, Node]:
+    """Map each path of the parent snapshot to its root node, for the files cache."""
+    if parent is None:
+        return {}
+    try:
+        tree = repo.load_tree(parent.tree)
+    except DamagedDataError:
+        return {}
+    roots: dict[str, Node] = {}
+    for path, name in zip(parent.paths, root_names(parent.paths), strict=True):
+        node = tree.find(name)
+        if node is not None:
+            roots[path] = node
+    return roots
+
+
+def latest_parent(repo: Repository, paths: Sequence[str], hostname: str | None = None) -> Snapshot | None:
+    """Return the newest snapshot of the same paths from this host, the usual parent (like restic)."""
+    wanted = sorted(_absolute(paths))
+    host = hostname if hostname is not None else os.uname().nodename
+    for snapshot in reversed(repo.list_snapshots()):
+        if (
+            snapshot.hostname == host
+            and sorted(snapshot.paths) == wanted
+            and snapshot.source.get("type") == "filesystem"
+        ):
+            return snapshot
+    return None
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _directory_cache(
+    repo: Repository, parent: Snapshot | None, location: Path | None
+) -> DirectoryCache | None:
+    """Load the local directory cache written by the parent's backup, if it is still valid."""
+    if parent is None or location is None or not parent.id:
+        return None
+    cached = load_cache(location, parent.id)
+    # The cache may skip checking chunks only while the parent (which references them) exists.
+    if cached is None or not repo.store.exists(f"snapshots/{parent.id}"):
+        return None
+    return cached
+
+
+def backup_paths(
+    repo: Repository,
+    paths: Sequence[str],
+    *,
+    tags: Sequence[str] = (),
+    excludes: Sequence[str | bytes] = (),
+    one_file_system: bool = False,
+    parent: Snapshot | None = None,
+    progress: Callable[[ProgressInfo], None] | None = None,
+    threads: int = 3,
+    cache_dir: str | None = None,
+    use_cache: bool = True,
+) -> Snapshot:
+    """Back up paths into repo and return the committed snapshot (partial=True if items were skipped).
+
+    Unchanged files are taken from parent without being read; a local directory cache
+    (in cache_dir, default: see backup_cache.default_cache_dir) makes that fast.
+    """
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    absolute = _absolute(paths)
+    started = datetime.now(UTC)
+    hostname = os.uname().nodename
+    matcher = ExcludeMatcher(excludes)
+    old_roots = _parent_roots(repo, parent)
+    location = None
+    if use_cache:
+        base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        location = cache_path(base, repo.config.id, hostname, absolute)
+    cached = _directory_cache(repo, parent, location)
+    with repo.writer() as writer:
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
+        try:
+            walker = Walker(repo, writer, pool, threads, matcher, one_file_system, progress, cached)
+            nodes: list[Node] = []
+            for path, name in zip(absolute, root_names(absolute), strict=True):
+                node = walker.root_entry(os.fsencode(path), name, old_roots.get(path))
+                if node is not None:
+                    nodes.append(node)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        root_tree = writer.save_tree(Tree(nodes))
+        walker.report(b"", force=True)
+        stats = writer.stats
+        summary = dict(walker.counts)
+        summary.update(
+            errors=len(walker.errors),
+            bytes_stored=stats.bytes_stored,
+            chunks_new=stats.chunks_new,
+            chunks_reused=stats.chunks_reused,
+        )
+        snapshot = Snapshot(
+            tree=root_tree,
+            paths=absolute,
+            hostname=hostname,
+            username=_username(),
+            time=started,
+            tags=list(tags),
+            parent=parent.id if parent is not None else None,
+            partial=bool(walker.errors),
+            errors=walker.errors,
+            summary=summary,
+            source={"type": "filesystem"},
+        )
+        committed = writer.commit(snapshot)
+    if location is not None:
+        save_cache(location, committed.id, walker.new_cache)
+    return committed

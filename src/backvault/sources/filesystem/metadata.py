@@ -1,0 +1,145 @@
+"""Turning lstat results into tree nodes, and the small caches that keeps cheap."""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import pwd
+import stat
+
+from backvault.repo.tree import Node, NodeType
+
+# Errors that mean "this filesystem or object has no extended attributes for us".
+_XATTR_UNSUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA, errno.EPERM, errno.EACCES})
+
+_TYPES: dict[int, NodeType] = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "chardev",
+    stat.S_IFBLK: "blockdev",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+
+MODE_BITS: dict[NodeType, int] = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
+}
+
+
+def node_type(mode: int) -> NodeType | None:
+    """Return the node type for an st_mode, or None for something unknown (e.g. a door)."""
+    return _TYPES.get(stat.S_IFMT(mode))
+
+
+class NameCache:
+    """uid -> user name and gid -> group name, looked up once each."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        """Return the local name of uid, or "" when it has none."""
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = ""
+            self._users[uid] = name
+        return name
+
+    def group(self, gid: int) -> str:
+        """Return the local name of gid, or "" when it has none."""
+        name = self._groups.get(gid)
+        if name is None:
+            try:
+                name = grp.getgrgid(gid).gr_name
+            except KeyError:
+                name = ""
+            self._groups[gid] = name
+        return name
+
+
+def node_from_stat(name: bytes, kind: NodeType, st: os.stat_result, names: NameCache) -> Node:
+    """Build the node for an entry from its lstat result (content and subtree left empty)."""
+    return Node(
+        name=name,
+        type=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        user=names.user(st.st_uid),
+        group=names.group(st.st_gid),
+        mtime_ns=st.st_mtime_ns,
+        atime_ns=st.st_atime_ns,
+        ctime_ns=st.st_ctime_ns,
+        inode=st.st_ino,
+        device_id=st.st_dev,
+        links=st.st_nlink,
+        # A directory's st_size is an allocation detail that changes with every entry.
+        size=st.st_size if kind == "file" else 0,
+        rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
+    )
+
+
+def same_metadata(old: Node, st: os.stat_result, names: NameCache) -> bool:
+    """Tell whether old describes exactly this lstat result (ignoring content and subtree).
+
+    Any change to mode, owner, link count, size or extended attributes moves ctime,
+    so when ctime and the inode match, the stored xattrs are still current too. A
+    symlink's atime is not compared: the backup's own readlink moves it, and the
+    value recorded before that first read is the meaningful one.
+    """
+    return (
+        old.ctime_ns == st.st_ctime_ns
+        and old.mtime_ns == st.st_mtime_ns
+        and old.inode == st.st_ino
+        and (old.atime_ns == st.st_atime_ns or old.type == "symlink")
+        and old.device_id == st.st_dev
+        and old.mode == stat.S_IMODE(st.st_mode)
+        and old.uid == st.st_uid
+        and old.gid == st.st_gid
+        and old.links == st.st_nlink
+        and old.user == names.user(st.st_uid)
+        and old.group == names.group(st.st_gid)
+    )
+
+
+def read_xattrs(target: int | bytes, follow_symlinks: bool = True) -> dict[str, bytes]:
+    """Return the extended attributes of an fd or path, best effort ({} when unsupported)."""
+    try:
+        keys = os.listxattr(target, follow_symlinks=follow_symlinks)
+    except OSError as error:
+        if error.errno in _XATTR_UNSUPPORTED or error.errno == errno.ENAMETOOLONG:
+            return {}
+        raise
+    result: dict[str, bytes] = {}
+    for key in keys:
+        try:
+            result[key] = os.getxattr(target, key, follow_symlinks=follow_symlinks)
+        except OSError as error:
+            if error.errno not in _XATTR_UNSUPPORTED:
+                raise
+    return result
+
+
+def write_xattrs(target: int | bytes, xattrs: dict[str, bytes], follow_symlinks: bool = True) -> list[str]:
+    """Set extended attributes best effort; return messages for the ones that failed unexpectedly."""
+    problems: list[str] = []
+    for key, value in xattrs.items():
+        try:
+            os.setxattr(target, key, value, follow_symlinks=follow_symlinks)
+        except OSError as error:
+            # Unsupported filesystems and privileged namespaces are expected; say nothing.
+            if error.errno not in _XATTR_UNSUPPORTED:
+                problems.append(f"xattr {key}: {error.strerror}")
+    return problems

@@ -8,6 +8,7 @@ verifies every byte against the original, and runs a full data check.
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 import secrets
 import shutil
@@ -20,13 +21,19 @@ DEMO = ROOT / ".demo"
 DATASET = ROOT.parent / "shared" / "bench" / "gen_dataset.py"
 
 
-def run(*args: str, env: dict[str, str]) -> str:
+def run(*args: str, env: dict[str, str], echo: bool = True) -> str:
     """Run the backvault CLI, echoing the command and its output."""
-    print(f"$ backvault {' '.join(args)}", flush=True)
+    if echo:
+        print(f"$ backvault {' '.join(args)}", flush=True)
     result = subprocess.run(
-        [sys.executable, "-m", "backvault.cli.main", *args], env=env, text=True, capture_output=True, check=False
+        [sys.executable, "-m", "backvault.cli.main", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        check=False,
     )
-    sys.stdout.write(result.stdout)
+    if echo:
+        sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"demo failed: backvault {args[0]} {args[1]} exited with {result.returncode}")
@@ -62,14 +69,16 @@ def main() -> None:
     DEMO.mkdir()
     make_sample(source)
     shutil.copytree(source, first_copy, symlinks=True)
-    env = dict(os.environ, BACKVAULT_PASSWORD=secrets.token_urlsafe(24), BACKVAULT_REPOSITORY=str(DEMO / "repo"))
+    env = dict(
+        os.environ, BACKVAULT_PASSWORD=secrets.token_urlsafe(24), BACKVAULT_REPOSITORY=str(DEMO / "repo")
+    )
     run("repo", "init", env=env)
     run("repo", "backup", str(source), "--tag", "demo", env=env)
     if DATASET.exists():
         subprocess.run([sys.executable, str(DATASET), "mutate", str(source)], check=True)
     run("repo", "backup", str(source), "--tag", "demo", env=env)
     run("repo", "snapshots", env=env)
-    first = run("repo", "snapshots", "--json", env=env).split('"id": "')[1][:8]
+    first = json.loads(run("repo", "snapshots", "--json", env=env, echo=False))[0]["id"][:8]
     run("repo", "restore", first, "--target", str(restored), env=env)
     restored_tree = restored / source.name
     if not same_tree(first_copy, restored_tree):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from backvault.repo import keys as keyfiles
@@ -29,6 +29,8 @@ from backvault.repo.writer import BackupWriter
 from backvault.storage.base import ObjectNotFoundError, ObjectStore, StorageError
 
 READ_THREADS = 3
+DECODE_WINDOW = 6
+INLINE_DECODE_BELOW = 256 * 1024
 
 
 @dataclass
@@ -170,35 +172,51 @@ class Repository:
                 continue
             by_pack[location.pack_id].append((blob_id, location))
 
-        def read_pack(pack_id: str) -> list[tuple[str, bytes | DamagedDataError]]:
-            wanted = sorted(by_pack[pack_id], key=lambda item: item[1].offset)
-            start = wanted[0][1].offset
+        def read_region(pack_id: str) -> tuple[int, bytes]:
+            wanted = by_pack[pack_id]
+            start = min(loc.offset for _, loc in wanted)
             end = max(loc.offset + loc.length for _, loc in wanted)
-            results: list[tuple[str, bytes | DamagedDataError]] = []
             try:
-                region = self.store.get_range(pack_key(pack_id), start, end - start)
+                return start, self.store.get_range(pack_key(pack_id), start, end - start)
             except StorageError:
-                region = b""
-            for blob_id, location in wanted:
-                piece = region[location.offset - start : location.offset - start + location.length]
-                try:
-                    if len(piece) != location.length:
-                        raise ValueError("pack is missing or shorter than the index says")
-                    results.append((blob_id.hex(), self.codec.decode(BlobType.DATA, blob_id, piece)))
-                except ValueError:
-                    try:  # another copy of the blob may be intact
-                        results.append((blob_id.hex(), self.read_blob(blob_id)))
-                    except DamagedDataError as error:
-                        results.append((blob_id.hex(), error))
-            return results
+                return start, b""
 
+        def decode(blob_id: bytes, location: Location, start: int, region: bytes) -> bytes | DamagedDataError:
+            piece = region[location.offset - start : location.offset - start + location.length]
+            try:
+                if len(piece) != location.length:
+                    raise ValueError("pack is missing or shorter than the index says")
+                return self.codec.decode(BlobType.DATA, blob_id, piece)
+            except ValueError:
+                try:  # another copy of the blob may be intact
+                    return self.read_blob(blob_id)
+                except DamagedDataError as error:
+                    return error
+
+        # Memory stays bounded: one pack region is prefetched while the current one is decoded,
+        # and at most DECODE_WINDOW decoded chunks wait to be consumed.
+        pack_ids = list(by_pack)
         with ThreadPoolExecutor(READ_THREADS) as pool:
-            # map keeps at most a window of packs in memory because results are consumed in order
-            pack_ids = list(by_pack)
-            window = READ_THREADS
-            for start in range(0, len(pack_ids), window):
-                for results in pool.map(read_pack, pack_ids[start : start + window]):
-                    yield from results
+            next_region = pool.submit(read_region, pack_ids[0]) if pack_ids else None
+            for number, pack_id in enumerate(pack_ids):
+                assert next_region is not None
+                start, region = next_region.result()
+                next_region = (
+                    pool.submit(read_region, pack_ids[number + 1]) if number + 1 < len(pack_ids) else None
+                )
+                in_flight: deque[tuple[bytes, Future[bytes | DamagedDataError]]] = deque()
+                for blob_id, location in sorted(by_pack[pack_id], key=lambda item: item[1].offset):
+                    if location.raw_length < INLINE_DECODE_BELOW and not in_flight:
+                        # a hand-off costs more than decoding a small blob here
+                        yield blob_id.hex(), decode(blob_id, location, start, region)
+                        continue
+                    in_flight.append((blob_id, pool.submit(decode, blob_id, location, start, region)))
+                    if len(in_flight) >= DECODE_WINDOW:
+                        done_id, done = in_flight.popleft()
+                        yield done_id.hex(), done.result()
+                while in_flight:
+                    done_id, done = in_flight.popleft()
+                    yield done_id.hex(), done.result()
 
     # --- snapshots ------------------------------------------------------------------------
 

@@ -298,6 +298,22 @@ def disk_usage(path: Path) -> int:
     return total
 
 
+def file_create_probe(directory: Path, count: int = 2000) -> float:
+    """Microseconds to create one small file in directory.
+
+    Restores are dominated by creating files, and on this VM that cost drifted tenfold
+    within an hour; the probe lets a slow restore be told apart from a slow filesystem.
+    """
+    probe = directory / "create-probe"
+    probe.mkdir()
+    started = time.perf_counter()
+    for number in range(count):
+        (probe / f"f{number}").write_bytes(b"x" * 1024)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(probe)
+    return elapsed / count * 1e6
+
+
 def tree_manifest(root: Path) -> dict[str, str]:
     """Map every entry's relative path to its kind and, for files, a SHA-256 of the contents."""
     manifest: dict[str, str] = {}
@@ -404,6 +420,7 @@ class Bench:
         """Restore the latest snapshot of every tool into an empty directory, then verify it."""
         print(f"{STEP_RESTORE}:")
         expected = tree_manifest(self.source)
+        self.probe_filesystem("before_restore")
         self.dataset["digest"] = manifest_digest(expected)
         for engine in self.engines:
             target = self.workdir / "restore" / engine.name
@@ -441,6 +458,7 @@ class Bench:
                 file=sys.stderr,
             )
         print(f"generating {self.size_mb} MiB data set in {self.source} ...")
+        self.probe_filesystem("at_start")
         self.dataset["generate_seconds"] = self.generate("create", "--size-mb", str(self.size_mb))
         self.describe_dataset("created")
         print(f"{STEP_INIT}:")
@@ -455,6 +473,12 @@ class Bench:
         self.backup_all(STEP_INCREMENTAL, 3)
         self.record_sizes("final")
         self.restore_all()
+
+    def probe_filesystem(self, label: str) -> None:
+        """Record (and show) how fast the workdir's filesystem creates small files right now."""
+        microseconds = file_create_probe(self.workdir)
+        self.dataset[f"create_microseconds_per_file_{label}"] = round(microseconds, 1)
+        print(f"  (filesystem: {microseconds:.0f} us to create a small file, {label.replace('_', ' ')})")
 
     def describe_dataset(self, label: str) -> None:
         """Record the source's file count and apparent size."""

@@ -48,7 +48,8 @@ def opened(repo: str, endpoint: str | None, password_file: Path | None, *, share
     with clear_errors():
         store = open_store(repo, endpoint)
         password = read_password(password_file)
-        repository = Repository.open(store, password)
+        # the index is loaded once, after the lock (lock_and_refresh), not twice
+        repository = Repository.open(store, password, load_index=not shared_lock)
         # readers lock too: prune must not sweep what we are reading (exclusive commands lock themselves)
         lock = repository.lock_and_refresh() if shared_lock else None
         try:

@@ -50,7 +50,15 @@ def verify_named_object(key: str, data: bytes) -> None:
 class Repository:
     """An open repository: the decrypted config and the chunk index, ready to read and write."""
 
-    def __init__(self, store: ObjectStore, master: MasterKey, config: RepositoryConfig, key_id: str) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        master: MasterKey,
+        config: RepositoryConfig,
+        key_id: str,
+        *,
+        load_index: bool = True,
+    ) -> None:
         self.store = store
         self.master = master
         self.config = config
@@ -62,7 +70,8 @@ class Repository:
         self.problems = LoadProblems()
         self.index_loaded_at = 0.0
         self._held_locks: list[RepositoryLock] = []
-        self.load_index()
+        if load_index:
+            self.load_index()
 
     # --- creation and opening -------------------------------------------------------------
 
@@ -87,11 +96,11 @@ class Repository:
         return cls(store, master, config, key_id)
 
     @classmethod
-    def open(cls, store: ObjectStore, password: str) -> Repository:
-        """Open with any key that the passphrase unlocks."""
+    def open(cls, store: ObjectStore, password: str, *, load_index: bool = True) -> Repository:
+        """Open with any key that the passphrase unlocks (load_index=False when a lock comes first)."""
         master, key_id = unlock(store, password)
         config = RepositoryConfig.from_object(store.get(CONFIG_KEY), Sealer(master.encryption_key))
-        return cls(store, master, config, key_id)
+        return cls(store, master, config, key_id, load_index=load_index)
 
     # --- index ----------------------------------------------------------------------------
 

@@ -117,17 +117,9 @@ def put_backup_vault_access_policy(
 ) -> dict[str, Any]:
     """Store the vault's resource policy (a JSON policy document given as a string, as in AWS)."""
     document = _parse_policy(policy)
-    with context.catalog.transaction() as session:
-        vault = get_vault_row(session, backup_vault_name)
-        vault.access_policy = document
-        record_event(
-            session,
-            EventType.BACKUP_VAULT_ACCESS_POLICY_CHANGED,
-            context.now(),
-            resource_arn=vault.arn,
-            vault_name=vault.name,
-        )
-        return {}
+    return _set_vault_setting(
+        context, backup_vault_name, "access_policy", document, EventType.BACKUP_VAULT_ACCESS_POLICY_CHANGED
+    )
 
 
 def get_backup_vault_access_policy(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
@@ -145,18 +137,9 @@ def get_backup_vault_access_policy(context: ServiceContext, backup_vault_name: s
 
 def delete_backup_vault_access_policy(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
     """Remove the vault's policy (removing a missing policy is not an error)."""
-    with context.catalog.transaction() as session:
-        vault = get_vault_row(session, backup_vault_name)
-        if vault.access_policy is not None:
-            vault.access_policy = None
-            record_event(
-                session,
-                EventType.BACKUP_VAULT_ACCESS_POLICY_CHANGED,
-                context.now(),
-                resource_arn=vault.arn,
-                vault_name=vault.name,
-            )
-        return {}
+    return _set_vault_setting(
+        context, backup_vault_name, "access_policy", None, EventType.BACKUP_VAULT_ACCESS_POLICY_CHANGED
+    )
 
 
 def _parse_policy(policy: Any) -> dict[str, Any]:
@@ -195,17 +178,10 @@ def put_backup_vault_notifications(
             f"BackupVaultEvents has unknown event(s) {', '.join(unknown)}; allowed: "
             f"{', '.join(sorted(BACKUP_VAULT_EVENTS))}."
         )
-    with context.catalog.transaction() as session:
-        vault = get_vault_row(session, backup_vault_name)
-        vault.notifications = {"SNSTopicArn": topic, "BackupVaultEvents": list(dict.fromkeys(events))}
-        record_event(
-            session,
-            EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED,
-            context.now(),
-            resource_arn=vault.arn,
-            vault_name=vault.name,
-        )
-        return {}
+    settings = {"SNSTopicArn": topic, "BackupVaultEvents": list(dict.fromkeys(events))}
+    return _set_vault_setting(
+        context, backup_vault_name, "notifications", settings, EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED
+    )
 
 
 def get_backup_vault_notifications(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
@@ -224,15 +200,19 @@ def get_backup_vault_notifications(context: ServiceContext, backup_vault_name: s
 
 def delete_backup_vault_notifications(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
     """Remove the vault's notification configuration (removing a missing one is not an error)."""
+    return _set_vault_setting(
+        context, backup_vault_name, "notifications", None, EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED
+    )
+
+
+def _set_vault_setting(
+    context: ServiceContext, backup_vault_name: str, attribute: str, value: Any, event: EventType
+) -> dict[str, Any]:
+    """Set (or clear, with None) one JSON setting of a vault; a real change is recorded as an event."""
     with context.catalog.transaction() as session:
         vault = get_vault_row(session, backup_vault_name)
-        if vault.notifications is not None:
-            vault.notifications = None
-            record_event(
-                session,
-                EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED,
-                context.now(),
-                resource_arn=vault.arn,
-                vault_name=vault.name,
-            )
+        if value is None and getattr(vault, attribute) is None:
+            return {}  # deleting a missing setting is not an error, and not a change
+        setattr(vault, attribute, value)
+        record_event(session, event, context.now(), resource_arn=vault.arn, vault_name=vault.name)
         return {}

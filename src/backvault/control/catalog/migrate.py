@@ -35,7 +35,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-def upgrade_catalog(engine: Engine, revision: str = "head") -> None:
+def upgrade_catalog(engine: Engine, revision: str = "heads") -> None:
     """Bring the catalog's schema up to ``revision`` in one transaction (a no-op when already there)."""
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -50,8 +50,8 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def head_revision() -> str:
-    """Return the newest revision the installed code knows."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    if head is None:
-        raise RuntimeError(f"no catalog migrations found in {MIGRATIONS_DIRECTORY}")
-    return head
+    """Return the newest revision the installed code knows (migrations form one line of history)."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise RuntimeError(f"expected one head revision in {MIGRATIONS_DIRECTORY}, found {heads or 'none'}")
+    return heads[0]

@@ -91,6 +91,17 @@ class RestoreRequest:
     heartbeat: Heartbeat = no_heartbeat
 
 
+@dataclass(frozen=True)
+class ValidationRequest:
+    """Check the restored ``resource_name`` against the manifest saved in ``snapshot`` at backup time."""
+
+    endpoint: EndpointSpec
+    resource_name: str
+    repository: Repository
+    snapshot: Snapshot
+    heartbeat: Heartbeat = no_heartbeat
+
+
 @dataclass
 class RestoreOutcome:
     """What a restore created: the resource name behind the same endpoint, and how much was written."""
@@ -136,8 +147,8 @@ class Connector(Protocol):
         """Restore the snapshot where the metadata says, never over an existing resource unless told to."""
         ...
 
-    def validate(self, endpoint: EndpointSpec, resource_name: str, snapshot: Snapshot) -> ValidationOutcome:
-        """Check that a restored resource is usable and matches what the snapshot recorded."""
+    def validate(self, request: ValidationRequest) -> ValidationOutcome:
+        """Check that a restored resource is usable and matches the manifest the snapshot recorded."""
         ...
 
     def delete_restored(self, endpoint: EndpointSpec, resource_name: str) -> None:

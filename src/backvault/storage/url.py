@@ -7,7 +7,6 @@ import re
 
 from backvault.storage.base import ObjectStore
 from backvault.storage.local import LocalStore
-from backvault.storage.s3 import S3Store
 
 ENDPOINT_VARIABLE = "BACKVAULT_S3_ENDPOINT"
 
@@ -53,6 +52,9 @@ def open_store(location: str, *, endpoint_url: str | None = None, region: str | 
     if scheme == "s3":
         bucket, prefix = _parse_s3("s3://" + location[match.end() :] if match else location)
         endpoint = endpoint_url or os.environ.get(ENDPOINT_VARIABLE) or None
+        # boto3 takes ~0.1 s and tens of MiB to import: local repositories never pay for it.
+        from backvault.storage.s3 import S3Store
+
         return S3Store(bucket, prefix, endpoint_url=endpoint, region=region)
     if scheme == "file":
         path = location[match.end() :] if match else ""

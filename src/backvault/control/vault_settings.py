@@ -16,6 +16,7 @@ from backvault.domain.errors import (
     expect_str,
     require_member,
 )
+from backvault.domain.iam import validate_policy_document
 from backvault.domain.vault import new_vault_lock, validate_lock_change
 
 # AWS's BackupVaultEvent values (botocore's backup model); the domain layer does not list them.
@@ -152,6 +153,9 @@ def _parse_policy(policy: Any) -> dict[str, Any]:
         raise InvalidParameterValueException(
             "Policy must be a JSON policy document: an object with a Statement member."
         )
+    # A policy the API could not enforce would lock the vault up: refuse it when it is stored.
+    # The document is kept as given, as AWS returns it.
+    validate_policy_document(document, resource_policy=True)
     return document
 
 

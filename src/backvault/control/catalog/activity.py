@@ -88,6 +88,19 @@ class Job(Base):
     bytes_transferred: Mapped[int] = mapped_column(BigInteger, default=0)
     backup_size_in_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JsonDocument, default=list)
+    # None: the worker's retry policy decides (migration 0002).
+    max_attempts: Mapped[int | None] = mapped_column(Integer)
+
+
+# Never two backups of one resource at once, even when two workers claim in the same instant
+# (a partial unique index: SQLite and PostgreSQL both have them; migration 0002).
+Index(
+    "ux_jobs_active_backup_resource",
+    Job.resource_arn,
+    unique=True,
+    sqlite_where=(Job.job_type == "BACKUP") & Job.state.in_(("RUNNING", "ABORTING")),
+    postgresql_where=(Job.job_type == "BACKUP") & Job.state.in_(("RUNNING", "ABORTING")),
+)
 
 
 class LegalHold(Base):

@@ -1,0 +1,1 @@
+"""Support code for the worker integration tests: handlers and the entry point worker subprocesses run."""

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-from backvault.control.catalog import activity, models
+from backvault.control.catalog import (
+    activity,
+    identity_models,
+    models,
+    notification_models,
+    removals,
+    scheduling,
+)
 from backvault.control.catalog.base import Base
 
 metadata: MetaData = Base.metadata
-__all__ = ["activity", "metadata", "models"]
+__all__ = [
+    "activity",
+    "identity_models",
+    "metadata",
+    "models",
+    "notification_models",
+    "removals",
+    "scheduling",
+]

@@ -17,9 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from backvault.repo.blob import BlobType
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.repository import Repository
 from backvault.repo.snapshot import Snapshot
@@ -113,11 +111,8 @@ class _Copier:
                     future.result()
 
     def _store(self, data: bytes, futures: list[Future[None]]) -> str:
-        # BackupWriter has no public "store this exact chunk" call: save_stream would re-chunk and
-        # could cut differently. _save_blob dedups against the destination index and pending uploads.
-        saver: Any = self.writer._save_blob
-        result: str = saver(data, BlobType.DATA, futures)
-        return result
+        # Chunk boundaries are kept as they are (save_stream would re-chunk and could cut differently).
+        return self.writer.save_chunk(data, futures)
 
 
 def copy_snapshot(

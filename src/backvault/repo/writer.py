@@ -125,6 +125,14 @@ class BackupWriter:
                 future.result()
         return ids, total
 
+    def save_chunk(self, data: bytes, pending: list[Future[None]] | None = None) -> str:
+        """Store exactly one data chunk (deduplicated) and return its id; copies between repositories use it.
+
+        With ``pending``, the chunk is encoded in the writer's pool and its future appended there;
+        the caller waits for those futures before committing.
+        """
+        return self._save_blob(data, BlobType.DATA, pending)
+
     def save_tree(self, tree: Tree) -> str:
         """Store a serialised tree (deduplicated) and return its id."""
         return self._save_blob(tree.serialize(), BlobType.TREE, None)

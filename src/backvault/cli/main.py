@@ -6,6 +6,7 @@ import typer
 
 from backvault.cli import repo_maintenance  # noqa: F401  (registers forget/prune/key commands)
 from backvault.cli.repo_commands import app as repo_app
+from backvault.cli.server_commands import register as register_server_commands
 
 app = typer.Typer(
     help="backvault: centralized, deduplicated, encrypted backups.",
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(repo_app, name="repo")
+register_server_commands(app)  # server, worker, apply
 
 
 @app.callback()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from backvault.cli import repo_maintenance  # noqa: F401  (registers forget/prune/key commands)
+from backvault.cli.admin_commands import admin_app, keys_app, users_app
 from backvault.cli.repo_commands import app as repo_app
 from backvault.cli.server_commands import register as register_server_commands
 
@@ -15,6 +16,9 @@ app = typer.Typer(
 )
 app.add_typer(repo_app, name="repo")
 register_server_commands(app)  # server, worker, apply
+app.add_typer(admin_app, name="admin")
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()

@@ -44,6 +44,7 @@ from backvault.control.catalog.scheduling import ScheduleMark
 from backvault.control.context import ServiceContext
 from backvault.control.events import EventType, record_event
 from backvault.control.job_engine import expire_overdue_jobs
+from backvault.control.notifications import run_notifications
 from backvault.control.plans import get_plan_row, load_plan
 from backvault.control.schedule_runs import (
     RuleOutcome,
@@ -150,6 +151,8 @@ class Scheduler:
             if self._lifecycle_due():
                 self._renew()
                 result.lifecycle_ran = self._run_lifecycle(result)
+            for what, chore in PERIODIC_CHORES:
+                _guarded(result, what, chore, self.context)
         except LostLeadershipError:
             logger.warning("scheduler %s lost its lease mid-tick; stopping", self.scheduler_id)
             self.is_leader = result.leader = False
@@ -316,6 +319,12 @@ class Scheduler:
             return False
         _guarded(result, "lifecycle", run_lifecycle, self.context)
         return True
+
+
+# Run by the leader on every tick, after jobs and lifecycle; each is cheap when there is nothing to do.
+PERIODIC_CHORES: tuple[tuple[str, Callable[[ServiceContext], Any]], ...] = (
+    ("notifications", run_notifications),
+)
 
 
 def _guarded(result: TickResult, what: str, action: Callable[..., _T], *args: Any) -> _T | None:

@@ -73,7 +73,7 @@ class Job(Base):
     plan_version_id: Mapped[str | None] = mapped_column(String(ID))
     rule_id: Mapped[str | None] = mapped_column(String(ID))
     parent_job_id: Mapped[str | None] = mapped_column(String(ID), index=True)
-    idempotency_token: Mapped[str | None] = mapped_column(Text)
+    idempotency_token: Mapped[str | None] = mapped_column(Text, index=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
     creation_date: Mapped[datetime]
     start_by: Mapped[datetime | None]

@@ -23,7 +23,7 @@ _ACTIVE_BACKUP = "job_type = 'BACKUP' AND state IN ('RUNNING', 'ABORTING')"
 
 
 def upgrade() -> None:
-    """Add jobs.max_attempts and the one-active-backup-per-resource index."""
+    """Add jobs.max_attempts, the one-active-backup-per-resource index and the idempotency index."""
     op.add_column("jobs", sa.Column("max_attempts", sa.Integer(), nullable=True))
     op.create_index(
         "ux_jobs_active_backup_resource",
@@ -33,10 +33,13 @@ def upgrade() -> None:
         sqlite_where=sa.text(_ACTIVE_BACKUP),
         postgresql_where=sa.text(_ACTIVE_BACKUP),
     )
+    # StartBackupJob and the scheduler look jobs up by idempotency token.
+    op.create_index(op.f("ix_jobs_idempotency_token"), "jobs", ["idempotency_token"])
 
 
 def downgrade() -> None:
-    """Drop the index and the column."""
+    """Drop the indexes and the column."""
+    op.drop_index(op.f("ix_jobs_idempotency_token"), table_name="jobs")
     op.drop_index("ux_jobs_active_backup_resource", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("max_attempts")

@@ -1,7 +1,7 @@
 """Notifications: sinks, deliveries, delivery attempts and event cursors.
 
 Revision ID: 0006
-Revises: 0001
+Revises: 0005
 Create Date: 2026-11-21
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0001"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -54,7 +54,9 @@ def upgrade() -> None:
             name=op.f("fk_notification_deliveries_sink_name_notification_sinks"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_notification_deliveries")),
-        sa.UniqueConstraint("event_id", "sink_name", name=op.f("uq_notification_deliveries_event_id")),
+        sa.UniqueConstraint(
+            "event_id", "sink_name", name=op.f("uq_notification_deliveries_event_id_sink_name")
+        ),
     )
     for column in ("event_id", "sink_name", "status", "next_attempt_at"):
         op.create_index(op.f(f"ix_notification_deliveries_{column}"), "notification_deliveries", [column])

@@ -1,0 +1,22 @@
+"""Fixtures for the connector tests; makes ``contract`` importable (``from contract import ...``).
+
+With --import-mode=importlib test directories are not on sys.path, so this directory is added
+for the shared contract module that every connector's test file subclasses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+
+@pytest.fixture(autouse=True)
+def _fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repositories created by connector tests use the cheap KDF."""
+    monkeypatch.setenv("BACKVAULT_TEST_FAST_KDF", "1")

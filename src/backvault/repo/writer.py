@@ -109,7 +109,13 @@ class BackupWriter:
 
     def save_stream(self, stream: BinaryIO) -> tuple[list[str], int]:
         """Store everything read from a binary stream (database dumps, object bodies)."""
-        return self._save_chunks(stream)
+        minimum = self.repository.config.chunker.min_size
+        head = _read_up_to(stream, minimum)
+        if len(head) < minimum:
+            # Smaller than one chunk: FastCDC would cut it whole anyway, and setting it up costs
+            # more than storing the blob (thousands of small objects in a bucket backup).
+            return ([self._save_blob(head, BlobType.DATA, None)] if head else []), len(head)
+        return self._save_chunks(_StreamPrefixedReader(head, stream))
 
     def _save_chunks(self, stream: object) -> tuple[list[str], int]:
         ids: list[str] = []
@@ -233,6 +239,45 @@ def _read_all(fd: int, size: int) -> bytes:
         if not piece:
             return b"".join(parts)
         parts.append(piece)
+
+
+def _read_up_to(stream: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes, or fewer only at the end of the stream (raw streams may return less)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < size:
+        count = _read_into(stream, view[filled:])
+        if not count:
+            break
+        filled += count
+    return bytes(view[:filled])
+
+
+def _read_into(stream: BinaryIO, buffer: memoryview) -> int:
+    """readinto() where the stream has it (the chunker's readers only do), else read()."""
+    reader = getattr(stream, "readinto", None)
+    if reader is not None:
+        return int(reader(buffer) or 0)
+    piece = stream.read(len(buffer))
+    buffer[: len(piece)] = piece
+    return len(piece)
+
+
+class _StreamPrefixedReader:
+    """Serves bytes already read from a stream, then the rest of the stream, to the chunker."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._prefix:
+            count = min(len(buffer), len(self._prefix))
+            buffer[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        return _read_into(self._stream, buffer)
 
 
 class _FdReader:

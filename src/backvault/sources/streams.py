@@ -61,6 +61,12 @@ class StreamSnapshot:
         """Store ``data`` as the file at ``path`` (small documents: schemas, manifests)."""
         return self.add_stream(path, io.BytesIO(data), mtime=mtime)
 
+    def add_existing(
+        self, path: str, chunk_ids: Sequence[str], size: int, *, mtime: datetime | None = None
+    ) -> None:
+        """Place a file whose chunks the repository already holds (an unchanged item of the parent)."""
+        self._place(path, Node(name=b"", type="file", content=list(chunk_ids), size=size), mtime)
+
     def add_error(self, path: str, message: str) -> None:
         """Record an item that could not be saved; the snapshot will be marked partial."""
         self.errors.append({"path": path, "error": message})

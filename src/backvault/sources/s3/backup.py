@@ -97,9 +97,7 @@ def find_parent(repository: Repository, endpoint_name: str, bucket: str) -> _Par
 
 def add_existing(builder: StreamSnapshot, path: str, node: Node, mtime: datetime) -> None:
     """Place a file whose chunks are already stored (an unchanged object) into the snapshot."""
-    # TODO(lead): replace with a public StreamSnapshot.add_existing(path, node) once it exists.
-    copy = Node(name=b"", type="file", content=list(node.content), size=node.size)
-    builder._place(path, copy, mtime)
+    builder.add_existing(path, node.content, node.size, mtime=mtime)
     builder.bytes_read += node.size
 
 

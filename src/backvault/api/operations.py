@@ -93,6 +93,23 @@ SERVICE_MODULES: dict[str, str] = {
     "ListProtectedResources": _DISCOVERY,
     "DescribeProtectedResource": _DISCOVERY,
     "ListProtectedResourcesByBackupVault": _DISCOVERY,
+    **dict.fromkeys(
+        ("CreateFramework", "DescribeFramework", "UpdateFramework", "DeleteFramework", "ListFrameworks"),
+        "frameworks",
+    ),
+    **dict.fromkeys(
+        (
+            "CreateReportPlan",
+            "DescribeReportPlan",
+            "UpdateReportPlan",
+            "DeleteReportPlan",
+            "ListReportPlans",
+            "StartReportJob",
+            "DescribeReportJob",
+            "ListReportJobs",
+        ),
+        "reports",
+    ),
 }
 
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

@@ -43,6 +43,7 @@ from backvault.control.catalog.models import BackupPlanVersion, ProtectedResourc
 from backvault.control.catalog.scheduling import ScheduleMark
 from backvault.control.context import ServiceContext
 from backvault.control.events import EventType, record_event
+from backvault.control.frameworks import evaluate_frameworks
 from backvault.control.job_engine import expire_overdue_jobs
 from backvault.control.notifications import run_notifications
 from backvault.control.plans import get_plan_row, load_plan
@@ -323,7 +324,8 @@ class Scheduler:
 
 # Run by the leader on every tick, after jobs and lifecycle; each is cheap when there is nothing to do.
 PERIODIC_CHORES: tuple[tuple[str, Callable[[ServiceContext], Any]], ...] = (
-    ("notifications", run_notifications),
+    ("audit evaluation", evaluate_frameworks),
+    ("notifications", run_notifications),  # last: delivers what the chores above recorded
 )
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import MetaData
 
 from backvault.control.catalog import (
     activity,
+    audit_models,
     identity_models,
     models,
     notification_models,
@@ -17,6 +18,7 @@ from backvault.control.catalog.base import Base
 metadata: MetaData = Base.metadata
 __all__ = [
     "activity",
+    "audit_models",
     "identity_models",
     "metadata",
     "models",

@@ -214,3 +214,12 @@ def test_every_answer_carries_a_request_id(sqlite_server: ApiServer) -> None:
         json.loads(json.dumps(excinfo.value.response["Error"]))["Code"]
         == "MissingAuthenticationTokenException"
     )
+
+
+def test_metrics_are_served_signed_only(sqlite_server: ApiServer) -> None:
+    answer = sqlite_server.request("GET", "/backvault/metrics")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert "backvault_jobs" in answer.text and "backvault_dedup_ratio" in answer.text
+    unsigned = httpx.get(sqlite_server.endpoint_url + "/backvault/metrics", timeout=10)
+    assert unsigned.status_code == 403

@@ -20,14 +20,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backvault.api.auth import Principal, authenticate_request, authorize
+from backvault.api.auth import Principal, authenticate_request, authorize, require_action
 from backvault.api.extension_routes import extension_router
 from backvault.api.operations import operation_handler
 from backvault.api.protocol import (
@@ -41,6 +41,8 @@ from backvault.api.protocol import (
 from backvault.api.resource_arns import operation_resource_arns
 from backvault.api.throttle import MAX_REQUEST_BODY_BYTES, RequestTooLarge, Throttle
 from backvault.control.context import ServiceContext
+from backvault.control.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from backvault.control.metrics import render_metrics
 from backvault.domain.errors import BackupServiceError, InternalFailure, InvalidParameterValueException
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,13 @@ def create_app(
     app.include_router(extension_router(state))
     _include_identity_routes(app)
     app.add_api_route(
+        "/backvault/metrics",
+        _metrics_endpoint,
+        methods=["GET"],
+        dependencies=[Depends(require_action("backvault:GetMetrics"))],
+        summary="Prometheus metrics of the whole installation (text format)",
+    )
+    app.add_api_route(
         "/{aws_path:path}", _aws_endpoint, methods=ALL_METHODS, include_in_schema=False, name="aws-backup"
     )
     return app
@@ -114,6 +123,12 @@ def _include_identity_routes(app: FastAPI) -> None:
             return  # users and keys are managed with the CLI until the routes exist
         raise
     app.include_router(identity_routes.router)
+
+
+async def _metrics_endpoint(request: Request) -> Response:
+    state: ApiState = request.app.state.api
+    body = await run_in_threadpool(render_metrics, state.context)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 # --- AWS operations -----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from backvault.control.job_core import (
     shown_time,
     window_message,
 )
+from backvault.control.logs import job_context
 
 logger = logging.getLogger(__name__)
 
@@ -412,7 +413,8 @@ JobHandler = Callable[[JobRun], JobResult]
 def run_handler(run: JobRun, handler: JobHandler, policy: RetryPolicy) -> JobState | None:
     """Run ``handler`` and record the outcome; return the end state (None: retry scheduled or lease lost)."""
     try:
-        result = handler(run)
+        with job_context(run.job_id):  # every log line written by the handler names the job
+            result = handler(run)
     except JobStopped as stopped:
         return _stopped(run, stopped)
     except PermanentJobError as error:

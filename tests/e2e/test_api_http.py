@@ -155,9 +155,12 @@ def test_unknown_and_unsupported_operations(sqlite_server: ApiServer) -> None:
         "UnknownOperationException",
     )
     with pytest.raises(ClientError) as excinfo:
-        sqlite_server.client().list_frameworks()
+        sqlite_server.client().list_backup_job_summaries()
     assert excinfo.value.response["Error"]["Code"] == "UnsupportedOperationException"
-    assert "ListFrameworks" in excinfo.value.response["Error"]["Message"]
+    assert "ListBackupJobSummaries" in excinfo.value.response["Error"]["Message"]
+    # audit and restore testing are served
+    assert sqlite_server.client().list_frameworks()["Frameworks"] == []
+    assert sqlite_server.client().list_restore_testing_plans()["RestoreTestingPlans"] == []
 
 
 def test_an_internal_error_is_a_bare_500(

@@ -110,6 +110,23 @@ SERVICE_MODULES: dict[str, str] = {
         ),
         "reports",
     ),
+    **dict.fromkeys(
+        (
+            "CreateRestoreTestingPlan",
+            "GetRestoreTestingPlan",
+            "UpdateRestoreTestingPlan",
+            "DeleteRestoreTestingPlan",
+            "ListRestoreTestingPlans",
+            "CreateRestoreTestingSelection",
+            "GetRestoreTestingSelection",
+            "UpdateRestoreTestingSelection",
+            "DeleteRestoreTestingSelection",
+            "ListRestoreTestingSelections",
+        ),
+        "restore_testing",
+    ),
+    "PutRestoreValidationResult": "restore_testing_results",
+    "GetRestoreTestingInferredMetadata": "restore_testing_runs",
 }
 
 _WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")

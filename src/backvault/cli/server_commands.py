@@ -131,6 +131,7 @@ def server(
     """Run the scheduler, N worker processes and (with --listen) the HTTP API until SIGTERM/SIGINT."""
     from datetime import timedelta
 
+    from backvault.control.restore_testing_runs import run_restore_tests_forever
     from backvault.control.scheduler import Scheduler
 
     _configure_logging(log_level, log_format)
@@ -153,6 +154,11 @@ def server(
     if api is not None:
         threads.append(api[1])
     threads[0].start()
+    # Restore tests validate and run hooks for minutes: their own thread keeps scheduler ticks short.
+    restore_tests = threading.Thread(
+        target=run_restore_tests_forever, args=(context, stop), name="restore-tests", daemon=True
+    )
+    restore_tests.start()
     pool = _WorkerPool(data_dir, database_url, workers, log_level, log_format)
     exit_code = 0
     try:

@@ -32,12 +32,14 @@ from backvault.api import identity_routes
 from backvault.api.auth import Principal, authenticate_request, authorize
 from backvault.api.throttle import Throttle
 from backvault.control import identity
+from backvault.control.catalog.models import BackupVault
 from backvault.control.context import ServiceContext
 from backvault.control.vault_settings import put_backup_vault_access_policy
 from backvault.control.vaults import create_backup_vault
 from backvault.domain.errors import (
     AccessDeniedException,
     BackupServiceError,
+    InvalidParameterValueException,
     InvalidSignatureException,
     MissingAuthenticationTokenException,
     RequestExpired,
@@ -264,9 +266,13 @@ def test_a_malformed_vault_policy_denies_all_but_its_repair(
 ) -> None:
     vault_arn = create_backup_vault(context, "broken")["BackupVaultArn"]
     admin, _ = identity.signing_secret(context, admin_key["AccessKeyId"])
-    # No Principal: accepted by PutBackupVaultAccessPolicy today, but not a valid resource policy.
+    # No Principal: PutBackupVaultAccessPolicy refuses it, so it is written straight into the catalog,
+    # as a policy stored by an older version would be.
     no_principal = {"Statement": [{"Effect": "Allow", "Action": "backup:*", "Resource": "*"}]}
-    put_backup_vault_access_policy(context, "broken", policy=json.dumps(no_principal))
+    with pytest.raises(InvalidParameterValueException, match="Principal"):
+        put_backup_vault_access_policy(context, "broken", policy=json.dumps(no_principal))
+    with context.catalog.transaction() as session:
+        session.get(BackupVault, "broken").access_policy = no_principal  # type: ignore[union-attr]
     with pytest.raises(AccessDeniedException, match=r"access policy is malformed .*Principal"):
         authorize(context, admin, "backup:DescribeBackupVault", [vault_arn])
     authorize(context, admin, "backup:PutBackupVaultAccessPolicy", [vault_arn])

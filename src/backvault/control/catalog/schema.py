@@ -11,6 +11,7 @@ from backvault.control.catalog import (
     models,
     notification_models,
     removals,
+    restore_testing_models,
     scheduling,
 )
 from backvault.control.catalog.base import Base
@@ -24,5 +25,6 @@ __all__ = [
     "models",
     "notification_models",
     "removals",
+    "restore_testing_models",
     "scheduling",
 ]

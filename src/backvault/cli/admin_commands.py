@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from backvault.cli.common import fail, out_console, print_json
+from backvault.cli.common import DEFAULT_DATA_DIR, DatabaseUrl, DataDir, fail, out_console, print_json
 from backvault.control import identity
 from backvault.control.catalog import CatalogUnavailableError, open_catalog
 from backvault.control.context import ServiceContext
@@ -31,25 +31,6 @@ admin_app = typer.Typer(help="Server administration: the first admin key.", no_a
 users_app = typer.Typer(help="API users and their IAM-style policies.", no_args_is_help=True)
 keys_app = typer.Typer(help="API access keys (AWS Signature V4 credentials).", no_args_is_help=True)
 
-# The same defaults as ``backvault server``, so both open the same catalog.
-DEFAULT_DATA_DIR = Path("~/.local/share/backvault")
-DataDir = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir",
-        envvar="BACKVAULT_DATA_DIR",
-        help="The server's data directory (catalog and master key).",
-        file_okay=False,
-    ),
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="Catalog database (postgresql+psycopg://...); default $BACKVAULT_DATABASE_URL, else SQLite.",
-        show_default=False,
-    ),
-]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 

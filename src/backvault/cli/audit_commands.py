@@ -23,32 +23,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from backvault.cli.common import fail, out_console, print_json
+from backvault.cli.common import DEFAULT_DATA_DIR, DatabaseUrl, DataDir, fail, out_console, print_json
 
 if TYPE_CHECKING:
     from backvault.control.context import ServiceContext
 
 EXIT_FINDINGS = 1
 EXIT_FAILED = 2
-DEFAULT_DATA_DIR = Path("~/.local/share/backvault")
-
-DataDir = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir",
-        envvar="BACKVAULT_DATA_DIR",
-        help="The server's data directory (catalog and master key).",
-        file_okay=False,
-    ),
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="Catalog database (postgresql+psycopg://...); default $BACKVAULT_DATABASE_URL, else SQLite.",
-        show_default=False,
-    ),
-]
 FrameworkOption = Annotated[
     str | None,
     typer.Option(

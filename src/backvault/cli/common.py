@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from getpass import getpass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -92,3 +92,25 @@ def noop(*_: Any) -> None:
 
 
 ProgressCallback = Callable[..., None]
+
+
+# The data directory and catalog options shared by server, worker, admin and audit commands, so all
+# of them open the same catalog by default.
+DEFAULT_DATA_DIR = Path("~/.local/share/backvault")
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="BACKVAULT_DATA_DIR",
+        help="The server's data directory (catalog and master key).",
+        file_okay=False,
+    ),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Catalog database (postgresql+psycopg://...); default $BACKVAULT_DATABASE_URL, else SQLite.",
+        show_default=False,
+    ),
+]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
-from backvault.cli.common import err_console, fail, out_console, print_json
+from backvault.cli.common import DEFAULT_DATA_DIR, err_console, fail, out_console, print_json
 
 if TYPE_CHECKING:
     from backvault.control.context import ServiceContext
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("backvault.server")
 
 DATA_DIR_VARIABLE = "BACKVAULT_DATA_DIR"
-DEFAULT_DATA_DIR = Path("~/.local/share/backvault")
 # A worker process that keeps dying is restarted at most this often.
 RESTART_INTERVAL_SECONDS = 10.0
 

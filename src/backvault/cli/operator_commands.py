@@ -24,6 +24,7 @@ from backvault.cli.operator_output import (
     JsonOption,
     ProfileOption,
     api_errors,
+    call_api,
     connect,
     default_role_arn,
     emit_json,
@@ -31,6 +32,7 @@ from backvault.cli.operator_output import (
     print_fields,
     print_table,
     read_json_document,
+    report,
     say,
     unwrap,
 )
@@ -192,13 +194,12 @@ def create_vault(
     parameters: dict[str, Any] = {"BackupVaultName": name}
     if tags:
         parameters["BackupVaultTags"] = parse_pairs(tags, "--tag")
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.call("create_backup_vault", **parameters)
-    if as_json:
-        emit_json(answer)
-    else:
-        say(f"created vault {answer.get('BackupVaultName', name)} ({answer.get('BackupVaultArn')})")
+    answer = call_api(profile, endpoint_url, "create_backup_vault", **parameters)
+    report(
+        answer,
+        as_json,
+        message=f"created vault {answer.get('BackupVaultName', name)} ({answer.get('BackupVaultArn')})",
+    )
 
 
 @vaults_app.command("describe")
@@ -206,13 +207,8 @@ def describe_vault(
     name: str, as_json: JsonOption = False, profile: ProfileOption = None, endpoint_url: EndpointOption = None
 ) -> None:
     """Show one backup vault."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.call("describe_backup_vault", BackupVaultName=name)
-    if as_json:
-        emit_json(answer)
-    else:
-        print_fields(answer, title=f"vault {name}")
+    answer = call_api(profile, endpoint_url, "describe_backup_vault", BackupVaultName=name)
+    report(answer, as_json, title=f"vault {name}")
 
 
 @vaults_app.command("delete")
@@ -223,10 +219,7 @@ def delete_vault(
     client = connect(profile, endpoint_url)
     with api_errors():
         client.call("delete_backup_vault", BackupVaultName=name)
-    if as_json:
-        emit_json({"BackupVaultName": name, "Deleted": True})
-    else:
-        say(f"deleted vault {name}")
+    report({"BackupVaultName": name, "Deleted": True}, as_json, message=f"deleted vault {name}")
 
 
 # --- plans ------------------------------------------------------------------------------------------
@@ -340,13 +333,8 @@ def update_plan(
 ) -> None:
     """Replace a plan's document (a new VersionId) from a JSON file."""
     plan = unwrap(read_json_document(file, "plan"), "BackupPlan", "plan", file)
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.call("update_backup_plan", BackupPlanId=plan_id, BackupPlan=plan)
-    if as_json:
-        emit_json(answer)
-    else:
-        say(f"updated plan {plan_id}: VersionId {answer.get('VersionId')}")
+    answer = call_api(profile, endpoint_url, "update_backup_plan", BackupPlanId=plan_id, BackupPlan=plan)
+    report(answer, as_json, message=f"updated plan {plan_id}: VersionId {answer.get('VersionId')}")
 
 
 @plans_app.command("delete")
@@ -357,13 +345,8 @@ def delete_plan(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Delete a backup plan (its selections must be deleted first)."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.call("delete_backup_plan", BackupPlanId=plan_id)
-    if as_json:
-        emit_json(answer)
-    else:
-        say(f"deleted plan {plan_id}")
+    answer = call_api(profile, endpoint_url, "delete_backup_plan", BackupPlanId=plan_id)
+    report(answer, as_json, message=f"deleted plan {plan_id}")
 
 
 # --- selections -------------------------------------------------------------------------------------
@@ -442,10 +425,11 @@ def create_selection(
         if isinstance(document, dict) and document.get("CreatorRequestId"):
             parameters["CreatorRequestId"] = document["CreatorRequestId"]
         answer = client.call("create_backup_selection", **parameters)
-    if as_json:
-        emit_json(answer)
-    else:
-        say(f"created selection {selection.get('SelectionName')}: SelectionId {answer['SelectionId']}")
+    report(
+        answer,
+        as_json,
+        message=f"created selection {selection.get('SelectionName')}: SelectionId {answer['SelectionId']}",
+    )
 
 
 @selections_app.command("delete")
@@ -460,7 +444,8 @@ def delete_selection(
     client = connect(profile, endpoint_url)
     with api_errors():
         client.call("delete_backup_selection", BackupPlanId=plan_id, SelectionId=selection_id)
-    if as_json:
-        emit_json({"BackupPlanId": plan_id, "SelectionId": selection_id, "Deleted": True})
-    else:
-        say(f"deleted selection {selection_id} of plan {plan_id}")
+    report(
+        {"BackupPlanId": plan_id, "SelectionId": selection_id, "Deleted": True},
+        as_json,
+        message=f"deleted selection {selection_id} of plan {plan_id}",
+    )

@@ -26,6 +26,7 @@ from backvault.cli.operator_output import (
     parse_pairs,
     print_fields,
     print_table,
+    report,
     say,
     size,
 )
@@ -276,10 +277,9 @@ def stop_job(
     client = connect(profile, endpoint_url)
     with api_errors():
         client.call("stop_backup_job", BackupJobId=job_id)
-    if as_json:
-        emit_json({"BackupJobId": job_id, "StopRequested": True})
-    else:
-        say(f"asked backup job {job_id} to stop")
+    report(
+        {"BackupJobId": job_id, "StopRequested": True}, as_json, message=f"asked backup job {job_id} to stop"
+    )
 
 
 # --- backup-now -------------------------------------------------------------------------------------

@@ -62,6 +62,23 @@ def api_errors() -> Iterator[None]:
         fail("interrupted", 130)
 
 
+def call_api(profile: str | None, endpoint_url: str | None, operation: str, **parameters: Any) -> Any:
+    """Make one API call for a command; errors end the command with the AWS error code."""
+    client = connect(profile, endpoint_url)
+    with api_errors():
+        return client.call(operation, **parameters)
+
+
+def report(answer: Any, as_json: bool, *, message: str | None = None, title: str | None = None) -> None:
+    """Print a command's answer: JSON for scripts, else one line (message) or a field table (title)."""
+    if as_json:
+        emit_json(answer)
+    elif message is not None:
+        say(message)
+    else:
+        print_fields(answer, title=title)
+
+
 def emit_json(document: Any) -> None:
     """Print a document as JSON on stdout, datetimes in ISO 8601."""
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n")

@@ -20,13 +20,14 @@ from backvault.cli.operator_output import (
     JsonOption,
     ProfileOption,
     api_errors,
+    call_api,
     connect,
     emit_json,
     find_point_vault,
     parse_pairs,
-    print_fields,
     print_table,
     read_json_document,
+    report,
     say,
     size,
     unwrap,
@@ -118,10 +119,7 @@ def describe_point(
         answer = client.call(
             "describe_recovery_point", BackupVaultName=vault_name, RecoveryPointArn=recovery_point_arn
         )
-    if as_json:
-        emit_json(answer)
-    else:
-        print_fields(answer, title="recovery point")
+    report(answer, as_json, title="recovery point")
 
 
 @points_app.command("delete")
@@ -137,10 +135,11 @@ def delete_point(
     with api_errors():
         vault_name = vault or find_point_vault(client, recovery_point_arn)
         client.call("delete_recovery_point", BackupVaultName=vault_name, RecoveryPointArn=recovery_point_arn)
-    if as_json:
-        emit_json({"RecoveryPointArn": recovery_point_arn, "BackupVaultName": vault_name, "Deleted": True})
-    else:
-        say(f"deleted recovery point {recovery_point_arn} from vault {vault_name}")
+    report(
+        {"RecoveryPointArn": recovery_point_arn, "BackupVaultName": vault_name, "Deleted": True},
+        as_json,
+        message=f"deleted recovery point {recovery_point_arn} from vault {vault_name}",
+    )
 
 
 # --- resources --------------------------------------------------------------------------------------
@@ -209,13 +208,8 @@ def describe_resource(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Show one protected resource: its last backup and last restore."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.call("describe_protected_resource", ResourceArn=resource_arn)
-    if as_json:
-        emit_json(answer)
-    else:
-        print_fields(answer, title="resource")
+    answer = call_api(profile, endpoint_url, "describe_protected_resource", ResourceArn=resource_arn)
+    report(answer, as_json, title="resource")
 
 
 # --- endpoints --------------------------------------------------------------------------------------
@@ -265,10 +259,7 @@ def describe_endpoint(
     client = connect(profile, endpoint_url)
     with api_errors():
         answer = client.extension("GET", f"/backvault/endpoints/{path_segment(name)}")
-    if as_json:
-        emit_json(answer)
-    else:
-        print_fields(answer, title=f"endpoint {name}")
+    report(answer, as_json, title=f"endpoint {name}")
 
 
 @endpoints_app.command("register")
@@ -342,10 +333,11 @@ def register_endpoint(
     client = connect(profile, endpoint_url)
     with api_errors():
         answer = client.extension("POST", "/backvault/endpoints", body=request)
-    if as_json:
-        emit_json(answer)
-    else:
-        say(f"registered {answer.get('EndpointType')} endpoint {answer.get('EndpointName')}")
+    report(
+        answer,
+        as_json,
+        message=f"registered {answer.get('EndpointType')} endpoint {answer.get('EndpointName')}",
+    )
 
 
 def _typed_pairs(values: list[str]) -> dict[str, Any]:
@@ -383,10 +375,7 @@ def delete_endpoint(
     client = connect(profile, endpoint_url)
     with api_errors():
         client.extension("DELETE", f"/backvault/endpoints/{path_segment(name)}")
-    if as_json:
-        emit_json({"EndpointName": name, "Deleted": True})
-    else:
-        say(f"deleted endpoint {name}")
+    report({"EndpointName": name, "Deleted": True}, as_json, message=f"deleted endpoint {name}")
 
 
 @endpoints_app.command("discover")

@@ -30,6 +30,7 @@ tests themselves through ``connector.delete_restored``.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -330,3 +331,11 @@ class ConnectorContract:
         with pytest.raises(ConnectorError):
             self.backup(connector, endpoint, new_name(), repository)
         assert repository.list_snapshots() == []
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (for "unreachable server" endpoints)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

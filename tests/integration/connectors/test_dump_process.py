@@ -21,16 +21,8 @@ from backvault.sources.dump_process import (
     summarize,
 )
 from backvault.sources.streams import StreamSnapshot, find_file, open_content
-from backvault.storage.local import LocalStore
 
 PYTHON = sys.executable
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, "pw")
-    return Repository.open(store, "pw")
 
 
 def test_tool_output_streams_into_a_snapshot_byte_for_byte(repository: Repository) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -19,6 +17,7 @@ from contract import (
     Mutate,
     OccupiedMetadataFor,
     StateOf,
+    closed_port,
     new_name,
 )
 
@@ -33,7 +32,6 @@ from backvault.sources.base import (
 )
 from backvault.sources.dynamodb import DynamodbConnector
 from backvault.sources.dynamodb.items import item_digest
-from backvault.storage.local import LocalStore
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "dynamo-secret-key"}
 DEFAULT_TAGS = {"owner": "platform", "backvault-contract": "default"}
@@ -177,20 +175,6 @@ def make_table(dynamodb: Any, tables: list[str]) -> MakeResource:
     return make
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, REPOSITORY_PASSWORD)
-    return Repository.open(store, REPOSITORY_PASSWORD)
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 class TestDynamodbContract(ConnectorContract):
     resource_type = ResourceType.DYNAMODB
 
@@ -200,7 +184,7 @@ class TestDynamodbContract(ConnectorContract):
 
     @pytest.fixture
     def unusable_endpoints(self, endpoint: EndpointSpec) -> dict[str, EndpointSpec]:
-        unreachable = {"endpoint_url": f"http://127.0.0.1:{_closed_port()}", "connect_timeout": 1}
+        unreachable = {"endpoint_url": f"http://127.0.0.1:{closed_port()}", "connect_timeout": 1}
         return {
             "unreachable server": EndpointSpec("down", ResourceType.DYNAMODB, unreachable, CREDENTIALS),
             "no credentials": EndpointSpec("nokeys", ResourceType.DYNAMODB, dict(endpoint.connection), {}),

@@ -34,7 +34,6 @@ from backvault.sources.base import (
     ValidationRequest,
 )
 from backvault.sources.mysql import MysqlConnector
-from backvault.storage.local import LocalStore
 
 HOST, PORT, USER = "127.0.0.1", 3306, "root"
 DEFAULT_TAGS = {"owner": "dba", "backvault-contract": "default"}
@@ -191,13 +190,6 @@ class TestMysqlContract(ConnectorContract):
 
 
 # --- beyond the contract ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, REPOSITORY_PASSWORD)
-    return Repository.open(store, REPOSITORY_PASSWORD)
 
 
 @pytest.fixture

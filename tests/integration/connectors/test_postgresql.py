@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -35,7 +34,6 @@ from backvault.sources.base import (
 )
 from backvault.sources.postgresql import PostgresqlConnector
 from backvault.sources.streams import find_file, open_content
-from backvault.storage.local import LocalStore
 
 HOST, PORT, USER, PASSWORD = "127.0.0.1", 5432, "postgres", "postgres"
 DEFAULT_TAGS = {"owner": "dba", "backvault-contract": "default"}
@@ -211,13 +209,6 @@ class TestPostgresqlContract(ConnectorContract):
 
 
 # --- beyond the contract ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, REPOSITORY_PASSWORD)
-    return Repository.open(store, REPOSITORY_PASSWORD)
 
 
 @pytest.fixture(scope="module")

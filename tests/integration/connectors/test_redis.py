@@ -43,7 +43,6 @@ from backvault.sources.base import (
 from backvault.sources.redis import RedisConnector
 from backvault.sources.s3 import streaming
 from backvault.sources.streams import find_file, open_content
-from backvault.storage.local import LocalStore
 
 DEFAULT_TAGS = {"owner": "platform", "backvault-contract": "default"}
 TEST_DATABASES = range(15, 7, -1)
@@ -168,13 +167,6 @@ def _backup(
     connector: RedisConnector, endpoint: EndpointSpec, resource: str, repository: Repository, **kw: Any
 ) -> Any:
     return connector.backup(BackupRequest(endpoint, resource, repository, **kw))
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, REPOSITORY_PASSWORD)
-    return Repository.open(store, REPOSITORY_PASSWORD)
 
 
 class TestRedisContract(ConnectorContract):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -20,6 +18,7 @@ from contract import (
     OccupiedMetadataFor,
     StateOf,
     StopAfter,
+    closed_port,
     new_name,
 )
 
@@ -37,7 +36,6 @@ from backvault.sources.base import (
 )
 from backvault.sources.s3 import S3Connector, streaming
 from backvault.sources.s3.backup import SMALL_OBJECT
-from backvault.storage.local import LocalStore
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing-secret-key"}
 DEFAULT_TAGS = {"owner": "platform", "backvault-contract": "default"}
@@ -156,20 +154,6 @@ def make_bucket(s3: Any, buckets: list[str]) -> MakeResource:
     return make
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, REPOSITORY_PASSWORD)
-    return Repository.open(store, REPOSITORY_PASSWORD)
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 class TestS3Contract(ConnectorContract):
     resource_type = ResourceType.S3
 
@@ -179,7 +163,7 @@ class TestS3Contract(ConnectorContract):
 
     @pytest.fixture
     def unusable_endpoints(self, endpoint: EndpointSpec) -> dict[str, EndpointSpec]:
-        unreachable = {"endpoint_url": f"http://127.0.0.1:{_closed_port()}", "connect_timeout": 1}
+        unreachable = {"endpoint_url": f"http://127.0.0.1:{closed_port()}", "connect_timeout": 1}
         return {
             "unreachable server": EndpointSpec("down", ResourceType.S3, unreachable, CREDENTIALS),
             "no credentials": EndpointSpec("nokeys", ResourceType.S3, dict(endpoint.connection), {}),

@@ -23,7 +23,6 @@ from backvault.sources.base import (
     ValidationRequest,
 )
 from backvault.sources.sqlite import SqliteConnector
-from backvault.storage.local import LocalStore
 
 DEFAULT_TAGS = {"owner": "platform", "backvault-contract": "default"}
 
@@ -124,13 +123,6 @@ class TestSqliteContract(ConnectorContract):
     @pytest.fixture
     def occupied_metadata_for(self) -> OccupiedMetadataFor:
         return lambda defaults, existing: {"DatabasePath": existing}
-
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Repository:
-    store = LocalStore(tmp_path / "repository")
-    Repository.init(store, "pw")
-    return Repository.open(store, "pw")
 
 
 _WRITER = """

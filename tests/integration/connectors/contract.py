@@ -339,3 +339,15 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+class DatabaseNameRestores:
+    """Mixin for database connectors whose restore target is a ``DatabaseName`` on the same server."""
+
+    @pytest.fixture
+    def restore_metadata_for(self) -> MetadataFor:
+        return lambda defaults, name: {**defaults, "DatabaseName": name}
+
+    @pytest.fixture
+    def occupied_metadata_for(self) -> OccupiedMetadataFor:
+        return lambda defaults, existing: {**defaults, "DatabaseName": existing}

@@ -14,10 +14,9 @@ import pytest
 from contract import (
     REPOSITORY_PASSWORD,
     ConnectorContract,
+    DatabaseNameRestores,
     MakeResource,
-    MetadataFor,
     Mutate,
-    OccupiedMetadataFor,
     StateOf,
     new_name,
 )
@@ -125,7 +124,7 @@ def _create(name: str, comment: str | None = None) -> None:
         _run(statement, name)
 
 
-class TestMysqlContract(ConnectorContract):
+class TestMysqlContract(DatabaseNameRestores, ConnectorContract):
     resource_type = ResourceType.MYSQL
 
     @pytest.fixture
@@ -179,14 +178,6 @@ class TestMysqlContract(ConnectorContract):
             _run("UPDATE orders SET note = 'tampered' WHERE id = 42", database)
 
         return damage
-
-    @pytest.fixture
-    def restore_metadata_for(self) -> MetadataFor:
-        return lambda defaults, name: {**defaults, "DatabaseName": name}
-
-    @pytest.fixture
-    def occupied_metadata_for(self) -> OccupiedMetadataFor:
-        return lambda defaults, existing: {**defaults, "DatabaseName": existing}
 
 
 # --- beyond the contract ---------------------------------------------------------------------------

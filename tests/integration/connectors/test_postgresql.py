@@ -13,9 +13,9 @@ import pytest
 from contract import (
     REPOSITORY_PASSWORD,
     ConnectorContract,
+    DatabaseNameRestores,
     MakeResource,
     Mutate,
-    OccupiedMetadataFor,
     StateOf,
     new_name,
 )
@@ -119,7 +119,7 @@ def _endpoint(**connection: Any) -> EndpointSpec:
     )
 
 
-class TestPostgresqlContract(ConnectorContract):
+class TestPostgresqlContract(DatabaseNameRestores, ConnectorContract):
     resource_type = ResourceType.POSTGRESQL
 
     @pytest.fixture
@@ -198,14 +198,6 @@ class TestPostgresqlContract(ConnectorContract):
                 connection.execute("UPDATE orders SET note = 'tampered' WHERE id = 42")
 
         return damage
-
-    @pytest.fixture
-    def restore_metadata_for(self) -> Any:
-        return lambda defaults, name: {**defaults, "DatabaseName": name}
-
-    @pytest.fixture
-    def occupied_metadata_for(self) -> OccupiedMetadataFor:
-        return lambda defaults, existing: {**defaults, "DatabaseName": existing}
 
 
 # --- beyond the contract ---------------------------------------------------------------------------

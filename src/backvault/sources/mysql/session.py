@@ -26,6 +26,7 @@ import pymysql.cursors
 
 from backvault.sources.base import ConnectorError, EndpointSpec
 from backvault.sources.dump_process import redact
+from backvault.sources.settings import patterns_setting, port_setting, seconds_setting
 
 DEFAULT_PORT = 3306
 SYSTEM_DATABASES = frozenset({"information_schema", "performance_schema", "mysql", "sys"})
@@ -43,12 +44,16 @@ class Settings:
         connection = endpoint.connection
         self.endpoint_name = endpoint.name
         self.host = str(connection.get("host") or "127.0.0.1")
-        self.port = _port(endpoint, connection.get("port", DEFAULT_PORT))
+        self.port = port_setting(endpoint, connection.get("port", DEFAULT_PORT))
         self.user = str(connection.get("user") or "root")
-        self.include = _patterns(endpoint, "databases", connection.get("databases", ["*"]))
-        self.exclude = _patterns(endpoint, "exclude_databases", connection.get("exclude_databases", []))
-        self.connect_timeout = _seconds(endpoint, "connect_timeout", connection.get("connect_timeout", 10))
-        self.lock_wait_timeout = _seconds(
+        self.include = patterns_setting(endpoint, "databases", connection.get("databases", ["*"]))
+        self.exclude = patterns_setting(
+            endpoint, "exclude_databases", connection.get("exclude_databases", [])
+        )
+        self.connect_timeout = seconds_setting(
+            endpoint, "connect_timeout", connection.get("connect_timeout", 10)
+        )
+        self.lock_wait_timeout = seconds_setting(
             endpoint, "lock_wait_timeout", connection.get("lock_wait_timeout", 60)
         )
         self.consistent_manifest = bool(connection.get("consistent_manifest", True))
@@ -166,35 +171,3 @@ def _option_value(value: str) -> str:
     # quoted, with the escapes the client library's option-file reader understands
     escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     return f'"{escaped}"'
-
-
-def _seconds(endpoint: EndpointSpec, key: str, value: Any) -> int:
-    try:
-        seconds = int(value)
-    except (TypeError, ValueError):
-        seconds = 0
-    if seconds <= 0:
-        raise ConnectorError(
-            f"endpoint {endpoint.name}: connection.{key} {value!r} must be a number of seconds"
-        )
-    return seconds
-
-
-def _port(endpoint: EndpointSpec, value: Any) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        port = 0
-    if not 0 < port < 65536:
-        raise ConnectorError(
-            f"endpoint {endpoint.name}: connection.port {value!r} is not a TCP port (1-65535)"
-        )
-    return port
-
-
-def _patterns(endpoint: EndpointSpec, key: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConnectorError(f"endpoint {endpoint.name}: connection.{key} must be a list of name patterns")
-    return list(value)

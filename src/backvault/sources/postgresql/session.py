@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from backvault.sources.base import ConnectorError, EndpointSpec
 from backvault.sources.dump_process import child_environment, redact
+from backvault.sources.settings import patterns_setting, port_setting, seconds_setting
 
 DEFAULT_PORT = 5432
 # Session settings that fix how a row prints as text, so a checksum taken at backup time and one taken
@@ -63,15 +64,17 @@ class Settings:
         connection = endpoint.connection
         self.endpoint_name = endpoint.name
         self.host = str(connection.get("host") or "127.0.0.1")
-        self.port = _port(endpoint, connection.get("port", DEFAULT_PORT))
+        self.port = port_setting(endpoint, connection.get("port", DEFAULT_PORT))
         self.user = str(connection.get("user") or "postgres")
         self.maintenance_database = str(connection.get("maintenance_database") or "postgres")
-        self.include = _patterns(endpoint, "databases", connection.get("databases", ["*"]))
-        self.exclude = _patterns(
+        self.include = patterns_setting(endpoint, "databases", connection.get("databases", ["*"]))
+        self.exclude = patterns_setting(
             endpoint, "exclude_databases", connection.get("exclude_databases", [self.maintenance_database])
         )
         self.sslmode = str(connection.get("sslmode") or "prefer")
-        self.connect_timeout = _seconds(endpoint, "connect_timeout", connection.get("connect_timeout", 10))
+        self.connect_timeout = seconds_setting(
+            endpoint, "connect_timeout", connection.get("connect_timeout", 10)
+        )
         self.include_globals = bool(connection.get("include_globals", False))
         self.password = endpoint.credentials.get("password", "")
 
@@ -177,35 +180,3 @@ def user_relation_count(connection: psycopg.Connection[Any]) -> int:
         "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
     ).fetchone()
     return int(row[0]) if row else 0
-
-
-def _seconds(endpoint: EndpointSpec, key: str, value: Any) -> int:
-    try:
-        seconds = int(value)
-    except (TypeError, ValueError):
-        seconds = 0
-    if seconds <= 0:
-        raise ConnectorError(
-            f"endpoint {endpoint.name}: connection.{key} {value!r} must be a number of seconds"
-        )
-    return seconds
-
-
-def _port(endpoint: EndpointSpec, value: Any) -> int:
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
-        port = 0
-    if not 0 < port < 65536:
-        raise ConnectorError(
-            f"endpoint {endpoint.name}: connection.port {value!r} is not a TCP port (1-65535)"
-        )
-    return port
-
-
-def _patterns(endpoint: EndpointSpec, key: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConnectorError(f"endpoint {endpoint.name}: connection.{key} must be a list of name patterns")
-    return list(value)

@@ -8,8 +8,6 @@ and snapshot layout, ``restore.py`` for the restore metadata and validation.
 
 from __future__ import annotations
 
-from typing import Any
-
 from backvault.domain.arn import ResourceType
 from backvault.repo.snapshot import Snapshot
 from backvault.sources.base import (
@@ -27,32 +25,19 @@ from backvault.sources.dynamodb.restore import TableRestore, validate_table
 from backvault.sources.dynamodb.schema import table_tags
 from backvault.sources.s3.aws import (
     AWS_ERRORS,
-    SessionFactory,
-    default_session,
+    AwsConnectorBase,
     error_code,
     explain,
-    make_client,
 )
 
 _MAX_TABLE_NAME = 255
 
 
-class DynamodbConnector:
+class DynamodbConnector(AwsConnectorBase):
     """Tables of a DynamoDB endpoint."""
 
+    service = "dynamodb"
     resource_type = ResourceType.DYNAMODB
-
-    def __init__(self, session_factory: SessionFactory = default_session) -> None:
-        self.session_factory = session_factory
-
-    def _client(self, endpoint: EndpointSpec, *, pool_size: int = 10, max_attempts: int = 5) -> Any:
-        return make_client(
-            endpoint,
-            "dynamodb",
-            session_factory=self.session_factory,
-            pool_size=pool_size,
-            max_attempts=max_attempts,
-        )
 
     def check_endpoint(self, endpoint: EndpointSpec) -> None:
         """List tables once: proves the endpoint answers and accepts the credentials."""

@@ -136,3 +136,22 @@ def explain(error: BaseException, endpoint: EndpointSpec, doing: str) -> Connect
 
 
 AWS_ERRORS: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
+
+
+class AwsConnectorBase:
+    """What the S3 and DynamoDB connectors share: a boto3 client per call, from a session factory."""
+
+    service: str  # the boto3 service name, set by each connector
+
+    def __init__(self, session_factory: SessionFactory = default_session) -> None:
+        # A session factory lets callers observe or adjust the boto3 session (tests count requests).
+        self.session_factory = session_factory
+
+    def _client(self, endpoint: EndpointSpec, *, pool_size: int = 10, max_attempts: int = 5) -> Any:
+        return make_client(
+            endpoint,
+            self.service,
+            session_factory=self.session_factory,
+            pool_size=pool_size,
+            max_attempts=max_attempts,
+        )

@@ -25,11 +25,9 @@ from backvault.sources.base import (
 from backvault.sources.s3 import manifest
 from backvault.sources.s3.aws import (
     AWS_ERRORS,
-    SessionFactory,
-    default_session,
+    AwsConnectorBase,
     error_code,
     explain,
-    make_client,
 )
 from backvault.sources.s3.backup import BucketBackup, bucket_tags
 from backvault.sources.s3.restore import BucketRestore, split_target, validate_bucket
@@ -37,23 +35,11 @@ from backvault.sources.s3.restore import BucketRestore, split_target, validate_b
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class S3Connector:
+class S3Connector(AwsConnectorBase):
     """Buckets of an S3-compatible endpoint (AWS, MinIO, moto...)."""
 
+    service = "s3"
     resource_type = ResourceType.S3
-
-    def __init__(self, session_factory: SessionFactory = default_session) -> None:
-        # A session factory lets callers observe or adjust the boto3 session (tests count requests).
-        self.session_factory = session_factory
-
-    def _client(self, endpoint: EndpointSpec, *, pool_size: int = 10, max_attempts: int = 5) -> Any:
-        return make_client(
-            endpoint,
-            "s3",
-            session_factory=self.session_factory,
-            pool_size=pool_size,
-            max_attempts=max_attempts,
-        )
 
     def check_endpoint(self, endpoint: EndpointSpec) -> None:
         """List buckets once: proves the endpoint answers and accepts the credentials."""

@@ -17,7 +17,6 @@ never trigger another evaluation.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -28,44 +27,37 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backvault.control.audit import ControlSpec, evaluate_controls, gather_facts
+from backvault.control.audit_documents import (
+    parse_framework_controls,
+    validate_audit_name,
+    validate_description,
+)
 from backvault.control.catalog.activity import Event
 from backvault.control.catalog.audit_models import AuditEvaluation, AuditFramework, ReportPlan
 from backvault.control.context import ServiceContext
 from backvault.control.events import record_event
 from backvault.control.pagination import paginate
-from backvault.domain.arn import ResourceType, framework_arn
+from backvault.domain.arn import framework_arn
 from backvault.domain.audit import (
-    PLAN_RESOURCE_TYPE,
-    VAULT_RESOURCE_TYPE,
     ControlScope,
     Evaluation,
-    control_parameters,
 )
 from backvault.domain.errors import (
     AlreadyExistsException,
     ConflictException,
-    InvalidParameterValueException,
     ResourceNotFoundException,
-    expect_list,
-    expect_mapping,
     expect_str,
-    reject_unknown_members,
-    require_member,
 )
 from backvault.domain.plans import validate_recovery_point_tags
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[a-zA-Z][_a-zA-Z0-9]{0,255}$")
-MAX_DESCRIPTION = 1024
-MAX_SCOPE_RESOURCE_IDS = 100
 DEPLOYMENT_COMPLETED = "COMPLETED"
 FRAMEWORK_ACTIVE = "ACTIVE"
 COMPLIANT = "COMPLIANT"
 NON_COMPLIANT = "NON_COMPLIANT"
 # A control with no resource in its scope has nothing to judge (AWS shows "insufficient data").
 INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
-SCOPE_RESOURCE_TYPES = (*(t.value for t in ResourceType), PLAN_RESOURCE_TYPE, VAULT_RESOURCE_TYPE)
 
 DEFAULT_MIN_INTERVAL = timedelta(minutes=1)
 DEFAULT_MAX_AGE = timedelta(minutes=15)
@@ -334,7 +326,7 @@ def control_specs(controls: Sequence[Mapping[str, Any]]) -> list[ControlSpec]:
     return specs
 
 
-# --- lookups and validation shared with report plans ---------------------------------------------
+# --- lookups ------------------------------------------------------------------------------------
 
 
 def get_framework_row(session: Session, framework_name: str, *, for_update: bool = False) -> AuditFramework:
@@ -346,119 +338,6 @@ def get_framework_row(session: Session, framework_name: str, *, for_update: bool
     if row is None:
         raise ResourceNotFoundException(f"Framework {framework_name!r} does not exist.")
     return row
-
-
-def validate_audit_name(value: Any, where: str) -> str:
-    """Check a framework or report plan name: a letter, then letters, digits or '_' (1-256 characters)."""
-    text = expect_str(value, where)
-    if not NAME_PATTERN.match(text):
-        raise InvalidParameterValueException(
-            f"{where} {text!r} is not valid: start with a letter, then use only letters, digits and "
-            "underscores (1-256 characters)."
-        )
-    return text
-
-
-def validate_description(value: Any, where: str) -> str | None:
-    """Check an optional description: at most 1024 characters and not only whitespace."""
-    if value is None:
-        return None
-    text = expect_str(value, where)
-    if len(text) > MAX_DESCRIPTION or (text and not text.strip()):
-        raise InvalidParameterValueException(
-            f"{where} must be at most {MAX_DESCRIPTION} characters and not only whitespace."
-        )
-    return text
-
-
-def parse_framework_controls(value: Any) -> list[dict[str, Any]]:
-    """Validate FrameworkControls (names, parameters, scopes) and return them in AWS's shape."""
-    items = expect_list(value, "FrameworkControls")
-    if not items:
-        raise InvalidParameterValueException("FrameworkControls must name at least one control.")
-    controls: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for index, item in enumerate(items):
-        where = f"FrameworkControls[{index}]"
-        body = expect_mapping(item, where)
-        reject_unknown_members(body, {"ControlName", "ControlInputParameters", "ControlScope"}, where)
-        name = expect_str(require_member(body, "ControlName", where), f"{where}.ControlName")
-        if name in seen:
-            raise InvalidParameterValueException(
-                f"{where}: control {name} appears twice; give each control once per framework."
-            )
-        seen.add(name)
-        parameters = _parse_parameters(
-            body.get("ControlInputParameters"), name, f"{where}.ControlInputParameters"
-        )
-        control: dict[str, Any] = {"ControlName": name}
-        if parameters:
-            control["ControlInputParameters"] = parameters
-        scope = _parse_scope(body.get("ControlScope"), f"{where}.ControlScope")
-        if scope:
-            control["ControlScope"] = scope
-        controls.append(control)
-    return controls
-
-
-def _parse_parameters(value: Any, control: str, where: str) -> list[dict[str, str]]:
-    if value is None:
-        control_parameters(control, None)  # still checks the control's name
-        return []
-    parameters: list[dict[str, str]] = []
-    names: set[str] = set()
-    for index, item in enumerate(expect_list(value, where)):
-        entry = expect_mapping(item, f"{where}[{index}]")
-        reject_unknown_members(entry, {"ParameterName", "ParameterValue"}, f"{where}[{index}]")
-        name = expect_str(require_member(entry, "ParameterName", f"{where}[{index}]"), f"{where}[{index}]")
-        text = expect_str(
-            require_member(entry, "ParameterValue", f"{where}[{index}]"), f"{where}[{index}].ParameterValue"
-        )
-        if name in names:
-            raise InvalidParameterValueException(f"{where}: parameter {name} of {control} is given twice.")
-        names.add(name)
-        parameters.append({"ParameterName": name, "ParameterValue": text})
-    control_parameters(control, parameters)  # names the control and the parameter when one is wrong
-    return parameters
-
-
-def _parse_scope(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    body = expect_mapping(value, where)
-    reject_unknown_members(body, {"ComplianceResourceIds", "ComplianceResourceTypes", "Tags"}, where)
-    scope: dict[str, Any] = {}
-    if body.get("ComplianceResourceIds") is not None:
-        ids = [
-            expect_str(item, f"{where}.ComplianceResourceIds")
-            for item in expect_list(body["ComplianceResourceIds"], f"{where}.ComplianceResourceIds")
-        ]
-        if not 1 <= len(ids) <= MAX_SCOPE_RESOURCE_IDS or not all(ids):
-            raise InvalidParameterValueException(
-                f"{where}.ComplianceResourceIds takes 1-{MAX_SCOPE_RESOURCE_IDS} non-empty resource ARNs "
-                "(a trailing * matches a prefix)."
-            )
-        scope["ComplianceResourceIds"] = ids
-    if body.get("ComplianceResourceTypes") is not None:
-        types = [
-            expect_str(item, f"{where}.ComplianceResourceTypes")
-            for item in expect_list(body["ComplianceResourceTypes"], f"{where}.ComplianceResourceTypes")
-        ]
-        unknown = [item for item in types if item not in SCOPE_RESOURCE_TYPES]
-        if unknown:
-            raise InvalidParameterValueException(
-                f"{where}.ComplianceResourceTypes: unknown resource type(s) {', '.join(unknown)}; use "
-                f"{', '.join(SCOPE_RESOURCE_TYPES)}."
-            )
-        if types:
-            scope["ComplianceResourceTypes"] = types
-    if body.get("Tags") is not None:
-        tags = validate_recovery_point_tags(body["Tags"], f"{where}.Tags")
-        if len(tags) > 1:
-            raise InvalidParameterValueException(f"{where}.Tags takes at most one tag (key and value).")
-        if tags:
-            scope["Tags"] = tags
-    return scope
 
 
 # --- storing verdicts ----------------------------------------------------------------------------

@@ -17,27 +17,30 @@ adapters turn into the services' snake_case keyword arguments.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import math
 import re
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from functools import lru_cache
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote
 
 import botocore.session
 
+from backvault.api.wire_values import (
+    check_required,
+    from_json,
+    from_text,
+    header_text,
+    json_default,
+    load_json_body,
+    query_value,
+    to_json,
+)
 from backvault.domain.errors import (
     BackupServiceError,
     InternalFailure,
-    InvalidParameterValueException,
-    MissingParameterValueException,
 )
 
 SERVICE_NAME = "backup"
@@ -54,14 +57,6 @@ class UnknownOperationException(BackupServiceError):
 
     code: ClassVar[str] = "UnknownOperationException"
     http_status: ClassVar[int] = 404
-    fault: ClassVar[str] = "Sender"
-
-
-class SerializationException(BackupServiceError):
-    """The request body is not the JSON the operation expects."""
-
-    code: ClassVar[str] = "SerializationException"
-    http_status: ClassVar[int] = 400
     fault: ClassVar[str] = "Sender"
 
 
@@ -212,7 +207,7 @@ class RestJsonProtocol:
             return {}
         query = query_multimap(query_string)
         lowered_headers = {key.lower(): value for key, value in headers.items()}
-        document = _load_json_body(body)
+        document = load_json_body(body)
         claimed_query = {
             member.serialization.get("name", name)
             for name, member in shape.members.items()
@@ -224,22 +219,22 @@ class RestJsonProtocol:
             wire = member.serialization.get("name", name)
             if location == "uri":
                 if wire in labels:
-                    result[name] = _from_text(member, labels[wire], name)
+                    result[name] = from_text(member, labels[wire], name)
             elif location == "querystring":
-                value = _query_value(member, wire, query, claimed_query, name)
+                value = query_value(member, wire, query, claimed_query, name)
                 if value is not None:
                     result[name] = value
             elif location == "header":
                 if wire.lower() in lowered_headers:
-                    result[name] = _from_text(member, lowered_headers[wire.lower()], name)
+                    result[name] = from_text(member, lowered_headers[wire.lower()], name)
             elif location == "headers":
                 prefix = wire.lower()
                 found = {k[len(prefix) :]: v for k, v in lowered_headers.items() if k.startswith(prefix)}
                 if found:
                     result[name] = found
             elif location is None and document.get(wire) is not None:
-                result[name] = _from_json(member, document[wire], name)
-        _check_required(shape, result, "")
+                result[name] = from_json(member, document[wire], name)
+        check_required(shape, result, "")
         return result
 
     # --- responses ---------------------------------------------------------------------------------
@@ -263,12 +258,12 @@ class RestJsonProtocol:
                 if location == "statusCode":
                     status = int(value)
                 elif location == "header":
-                    headers[wire] = _header_text(member, value)
+                    headers[wire] = header_text(member, value)
                 elif location == "headers":
                     for key, item in value.items():
                         headers[f"{wire}{key}"] = str(item)
                 else:
-                    body[wire] = _to_json(member, value)
+                    body[wire] = to_json(member, value)
         if status == 204:
             return status, headers, b""
         headers["Content-Type"] = JSON_CONTENT_TYPE
@@ -278,7 +273,7 @@ class RestJsonProtocol:
 def serialize_error(error: BackupServiceError) -> tuple[int, dict[str, str], bytes]:
     """Return (status, headers, body) of an AWS rest-json error answer."""
     headers = {"x-amzn-ErrorType": error.code, "Content-Type": JSON_CONTENT_TYPE}
-    body = json.dumps(error.to_response_body(), default=_json_default, separators=(",", ":"))
+    body = json.dumps(error.to_response_body(), default=json_default, separators=(",", ":"))
     return error.http_status, headers, body.encode("utf-8")
 
 
@@ -301,222 +296,3 @@ def backup_protocol() -> RestJsonProtocol:
     """Return the protocol for AWS Backup (built once: the model takes a moment to load)."""
     model = botocore.session.get_session().get_service_model(SERVICE_NAME)
     return RestJsonProtocol(model)
-
-
-# --- conversions -------------------------------------------------------------------------------------
-
-
-def _load_json_body(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        return {}
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise SerializationException(f"The request body is not valid JSON: {error}.") from None
-    if not isinstance(document, dict):
-        raise SerializationException(
-            f"The request body must be a JSON object, got {type(document).__name__}."
-        )
-    return document
-
-
-def _query_value(
-    member: Any, wire: str, query: Mapping[str, list[str]], claimed: set[str], where: str
-) -> Any:
-    if member.type_name == "map":
-        # A map in the query string takes every parameter no other member claims.
-        found = {key: values[0] for key, values in query.items() if key not in claimed}
-        return found or None
-    values = query.get(wire)
-    if not values:
-        return None
-    if member.type_name == "list":
-        return [_from_text(member.member, value, f"{where}[{index}]") for index, value in enumerate(values)]
-    return _from_text(member, values[0], where)
-
-
-def _from_text(shape: Any, text: str, where: str) -> Any:
-    """Convert a URI, query or header value to the shape's type."""
-    kind = shape.type_name
-    if kind in ("integer", "long"):
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidParameterValueException(f"{where} must be an integer, got {text!r}.") from None
-    if kind in ("double", "float"):
-        try:
-            return float(text)
-        except ValueError:
-            raise InvalidParameterValueException(f"{where} must be a number, got {text!r}.") from None
-    if kind == "boolean":
-        if text.lower() in ("true", "false"):
-            return text.lower() == "true"
-        raise InvalidParameterValueException(f"{where} must be true or false, got {text!r}.")
-    if kind == "timestamp":
-        return parse_timestamp(text, where)
-    return text
-
-
-def parse_timestamp(value: Any, where: str) -> datetime:
-    """Parse a timestamp given as epoch seconds (number or digits) or ISO 8601, as an aware UTC datetime."""
-    if isinstance(value, bool):
-        raise InvalidParameterValueException(f"{where} must be a timestamp, got a boolean.")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                moment = datetime.fromisoformat(text)
-            except ValueError:
-                raise InvalidParameterValueException(
-                    f"{where} must be a timestamp (epoch seconds or ISO 8601), got {value!r}."
-                ) from None
-            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    else:
-        raise InvalidParameterValueException(
-            f"{where} must be a timestamp (epoch seconds or ISO 8601), got {type(value).__name__}."
-        )
-    if not math.isfinite(seconds):
-        raise InvalidParameterValueException(f"{where} must be a finite timestamp, got {value!r}.")
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):
-        raise InvalidParameterValueException(f"{where} is out of range: {value!r}.") from None
-
-
-def _from_json(shape: Any, value: Any, where: str) -> Any:
-    """Check a JSON body value against the shape and convert timestamps and blobs."""
-    kind = shape.type_name
-    if kind == "structure":
-        if getattr(shape, "is_document_type", False):
-            return value
-        if not isinstance(value, dict):
-            raise SerializationException(f"{where} must be a JSON object, got {_json_type(value)}.")
-        converted: dict[str, Any] = {}
-        for name, member in shape.members.items():
-            wire = member.serialization.get("name", name)
-            if wire in value and value[wire] is not None:
-                converted[name] = _from_json(member, value[wire], f"{where}.{name}")
-        # Members the model does not know are dropped, as AWS ignores them.
-        return converted
-    if kind == "list":
-        if not isinstance(value, list):
-            raise SerializationException(f"{where} must be a JSON array, got {_json_type(value)}.")
-        return [_from_json(shape.member, item, f"{where}[{index}]") for index, item in enumerate(value)]
-    if kind == "map":
-        if not isinstance(value, dict):
-            raise SerializationException(f"{where} must be a JSON object, got {_json_type(value)}.")
-        return {key: _from_json(shape.value, item, f"{where}.{key}") for key, item in value.items()}
-    if kind == "string":
-        if not isinstance(value, str):
-            raise SerializationException(f"{where} must be a string, got {_json_type(value)}.")
-        return value
-    if kind in ("integer", "long"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SerializationException(f"{where} must be an integer, got {_json_type(value)}.")
-        return value
-    if kind in ("double", "float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SerializationException(f"{where} must be a number, got {_json_type(value)}.")
-        return float(value)
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise SerializationException(f"{where} must be true or false, got {_json_type(value)}.")
-        return value
-    if kind == "timestamp":
-        return parse_timestamp(value, where)
-    if kind == "blob":
-        if not isinstance(value, str):
-            raise SerializationException(f"{where} must be base64 text, got {_json_type(value)}.")
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise SerializationException(f"{where} is not valid base64.") from None
-    return value
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _check_required(shape: Any, value: Mapping[str, Any], where: str) -> None:
-    """Raise MissingParameterValueException naming the first missing required member (nested too)."""
-    for name in shape.required_members:
-        if value.get(name) is None:
-            raise MissingParameterValueException(
-                f"Missing required parameter {where}{name}; add it to the request."
-            )
-    for name, member in shape.members.items():
-        item = value.get(name)
-        if item is not None:
-            _check_nested(member, item, f"{where}{name}")
-
-
-def _check_nested(shape: Any, value: Any, where: str) -> None:
-    if shape.type_name == "structure" and isinstance(value, Mapping):
-        if not getattr(shape, "is_document_type", False):
-            _check_required(shape, value, f"{where}.")
-    elif shape.type_name == "list" and isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_nested(shape.member, item, f"{where}[{index}]")
-    elif shape.type_name == "map" and isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_nested(shape.value, item, f"{where}.{key}")
-
-
-def _to_json(shape: Any, value: Any) -> Any:
-    """Serialize a result value as the shape says: wire names, epoch timestamps, base64 blobs, no nulls."""
-    kind = shape.type_name
-    if kind == "structure" and not getattr(shape, "is_document_type", False) and isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for name, member in shape.members.items():
-            item = value.get(name)
-            if item is not None:
-                out[member.serialization.get("name", name)] = _to_json(member, item)
-        return out
-    if kind == "list" and isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
-        return [_to_json(shape.member, item) for item in value]
-    if kind == "map" and isinstance(value, Mapping):
-        return {str(key): _to_json(shape.value, item) for key, item in value.items() if item is not None}
-    if kind == "timestamp" and isinstance(value, datetime):
-        return _epoch(value)
-    if kind == "blob" and isinstance(value, bytes | bytearray):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    return _json_default(value) if isinstance(value, datetime) else value
-
-
-def _epoch(moment: datetime) -> float:
-    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-    return round(aware.timestamp(), 6)
-
-
-def _header_text(shape: Any, value: Any) -> str:
-    if shape.type_name == "timestamp" and isinstance(value, datetime):
-        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return format_datetime(aware, usegmt=True)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return _epoch(value)
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    raise TypeError(f"cannot serialize {type(value).__name__}")

@@ -13,13 +13,8 @@ from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
 from botocore.utils import percent_encode_sequence
 
-from backvault.api.protocol import (
-    SerializationException,
-    UnknownOperationException,
-    backup_protocol,
-    parse_timestamp,
-    serialize_error,
-)
+from backvault.api.protocol import UnknownOperationException, backup_protocol, serialize_error
+from backvault.api.wire_values import SerializationException, parse_timestamp
 from backvault.domain.errors import (
     AlreadyExistsException,
     InvalidParameterValueException,

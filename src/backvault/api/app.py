@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backvault.api.auth import Principal, authenticate_request, authorize, require_action
+from backvault.api.dashboard import dashboard_router
 from backvault.api.extension_routes import extension_router
 from backvault.api.operations import operation_handler
 from backvault.api.protocol import (
@@ -109,6 +110,8 @@ def create_app(
         dependencies=[Depends(require_action("backvault:GetMetrics"))],
         summary="Prometheus metrics of the whole installation (text format)",
     )
+    # The web dashboard (HTML, its own cookie sessions); before the catch-all, which would take its paths.
+    app.include_router(dashboard_router(context, region=region, throttle=state.throttle))
     app.add_api_route(
         "/{aws_path:path}", _aws_endpoint, methods=ALL_METHODS, include_in_schema=False, name="aws-backup"
     )

@@ -4,8 +4,10 @@
 processes (spawned, each running the job engine's workers), and the HTTP API when ``--listen`` is
 given. SIGTERM or SIGINT stops it cleanly: the scheduler gives its lease up, workers finish or hand
 back their jobs (a job they cannot finish in time is taken over by another worker once its lease
-expires), the API stops accepting requests. ``worker`` runs more workers against the same catalog,
-on this machine or another. ``apply`` makes the catalog match a declarative YAML file.
+expires), the API stops accepting requests. ``--metrics-listen`` adds a plain HTTP listener serving
+only ``GET /metrics`` for Prometheus (bearer token from ``--metrics-token-file``; loopback only
+without one). ``worker`` runs more workers against the same catalog, on this machine or another.
+``apply`` makes the catalog match a declarative YAML file.
 
 The catalog is SQLite in the data directory unless ``--database-url`` or $BACKVAULT_DATABASE_URL
 names PostgreSQL; the master secret is $BACKVAULT_MASTER_SECRET or DATA_DIR/master.key.
@@ -126,6 +128,22 @@ def server(
     ] = 30.0,
     log_level: LogLevelOption = "INFO",
     log_format: LogFormatOption = "json",
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-listen",
+            help="Also serve GET /metrics (Prometheus text, no SigV4) on HOST:PORT; off by default.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-token-file",
+            help="File holding the bearer token every /metrics scrape must send (required off loopback).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the scheduler, N worker processes and (with --listen) the HTTP API until SIGTERM/SIGINT."""
     from datetime import timedelta
@@ -135,6 +153,7 @@ def server(
 
     _configure_logging(log_level, log_format)
     address = _parse_listen(listen) if listen else None
+    metrics_address, metrics_token = _metrics_settings(metrics_listen, metrics_token_file)
     if tick_seconds * 2 > lease_seconds:
         fail(f"--tick-seconds ({tick_seconds}) must be at most half of --lease-seconds ({lease_seconds})")
     data_dir = data_dir.expanduser().absolute()
@@ -152,6 +171,9 @@ def server(
     api = _start_api(context, address) if address else None
     if api is not None:
         threads.append(api[1])
+    metrics = _start_metrics(context, metrics_address, metrics_token) if metrics_address else None
+    if metrics is not None:
+        threads.append(metrics[1])
     threads[0].start()
     # Restore tests validate and run hooks for minutes: their own thread keeps scheduler ticks short.
     restore_tests = threading.Thread(
@@ -169,6 +191,7 @@ def server(
                 "workers": workers,
                 "scheduler_id": scheduler.scheduler_id,
                 "api": f"http://{address[0]}:{address[1]}" if address else None,
+                "metrics": _metrics_url(metrics_address),
             },
         )
         while not stop.wait(1.0):
@@ -177,11 +200,17 @@ def server(
                 logger.error("the HTTP API stopped unexpectedly; stopping the server")
                 exit_code = 1
                 stop.set()
+            if metrics is not None and not metrics[1].is_alive():
+                logger.error("the metrics listener stopped unexpectedly; stopping the server")
+                exit_code = 1
+                stop.set()
     finally:
         stop.set()
         logger.info("backvault server stopping")
         if api is not None:
             api[0].should_exit = True
+        if metrics is not None:
+            metrics[0].should_exit = True
         pool.stop(shutdown_seconds)
         for thread in threads:
             thread.join(timeout=shutdown_seconds)
@@ -191,11 +220,44 @@ def server(
         raise typer.Exit(exit_code)
 
 
-def _parse_listen(text: str) -> tuple[str, int]:
+def _parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        fail(f"--listen {text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
+        fail(f"{option} {text!r} is not HOST:PORT (for example 127.0.0.1:8080)")
     return host.strip("[]"), int(port)
+
+
+def _metrics_settings(
+    listen: str | None, token_file: Path | None
+) -> tuple[tuple[str, int] | None, str | None]:
+    """Check --metrics-listen and --metrics-token-file before anything starts; return (address, token)."""
+    from backvault.api.metrics_listener import MetricsListenerError, check_listen_address, read_token_file
+
+    if listen is None:
+        if token_file is not None:
+            fail("--metrics-token-file needs --metrics-listen HOST:PORT")
+        return None, None
+    address = _parse_listen(listen, "--metrics-listen")
+    try:
+        token = read_token_file(token_file) if token_file is not None else None
+        check_listen_address(*address, has_token=token is not None)
+    except MetricsListenerError as error:
+        fail(str(error))
+    return address, token
+
+
+def _metrics_url(address: tuple[str, int] | None) -> str | None:
+    return f"http://{address[0]}:{address[1]}/metrics" if address else None
+
+
+def _start_metrics(context: Any, address: tuple[str, int], token: str | None) -> tuple[Any, threading.Thread]:
+    """Serve GET /metrics for Prometheus on its own listener (plain HTTP, optional bearer token)."""
+    from backvault.api.metrics_listener import MetricsListenerError, start_metrics_listener
+
+    try:
+        return start_metrics_listener(context, address[0], address[1], token)
+    except MetricsListenerError as error:
+        fail(str(error))
 
 
 def _start_api(context: Any, address: tuple[str, int]) -> tuple[Any, threading.Thread] | None:

@@ -503,7 +503,9 @@ def _record_point(run: JobRun, target: _Target, snapshot: Snapshot, parameters: 
             resource.last_backup_vault_arn = vault.arn
             resource.last_recovery_point_arn = target.point_arn
         job.backup_size_in_bytes = size
-        job.bytes_transferred = int(summary.get("bytes_read", 0))
+        # AWS: the bytes transferred to the vault, i.e. newly stored after dedup and compression.
+        job.bytes_transferred = int(summary.get("bytes_stored", 0))
+    run.report_bytes(job.bytes_transferred)  # later step writes must not put the progress figure back
 
 
 def _mark_point(context: ServiceContext, point_arn: str, message: str) -> None:

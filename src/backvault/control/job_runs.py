@@ -238,6 +238,10 @@ class JobRun:
             self.renew()
         self._raise_if_stopped()
 
+    def report_bytes(self, bytes_transferred: int) -> None:
+        """Set the BytesTransferred figure that every later write of the job row stores."""
+        self._pending_bytes = bytes_transferred
+
     def renew(self) -> None:
         """Write the heartbeat now: extend the lease, store progress, notice stop requests."""
         self._last_renewal = time.monotonic()

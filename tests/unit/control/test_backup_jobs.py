@@ -146,6 +146,20 @@ def test_backup_job_runs_and_records_the_point(setup: ServiceContext, clock: Fak
     assert point_tag(point.id) in snapshot.tags
     assert "team=photo" in snapshot.tags
     assert check(repository).ok
+    # BytesTransferred is what reached the vault: every chunk was new, and a.jpg's repeated bytes compress.
+    assert 0 < job["BytesTransferred"] == snapshot.summary["bytes_stored"] < job["BackupSizeInBytes"]
+
+
+def test_an_unchanged_second_backup_transfers_almost_nothing(setup: ServiceContext) -> None:
+    first = start_backup_job(setup, "main", PHOTOS, ROLE)
+    assert worker(setup).run_once()
+    second = start_backup_job(setup, "main", PHOTOS, ROLE)
+    assert worker(setup).run_once()
+    before, after = (describe_backup_job(setup, job["BackupJobId"]) for job in (first, second))
+    assert before["BackupSizeInBytes"] == after["BackupSizeInBytes"]
+    assert after["State"] == "COMPLETED"
+    # Only the new snapshot's trees and metadata are stored again, not the files' chunks.
+    assert after["BytesTransferred"] < before["BytesTransferred"] / 2
 
 
 def test_idempotency_token_returns_the_same_job(setup: ServiceContext) -> None:

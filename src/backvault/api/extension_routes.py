@@ -1,8 +1,10 @@
 """backvault's extension routes under ``/backvault/``: what AWS Backup has no API for.
 
-Storage locations always; source endpoints and discovery when their services are installed. Each
-route is signed like the AWS operations and authorised as ``backvault:<Action>`` on an ARN of the
-object (``arn:PARTITION:backvault:REGION:ACCOUNT:storage-location/NAME``, ``.../endpoint/NAME``).
+Storage locations and notifications (notification_routes.py) always; source endpoints and discovery
+when their services are installed. Each route is signed like the AWS operations and authorised as
+``backvault:<Action>`` on an ARN of the object
+(``arn:PARTITION:backvault:REGION:ACCOUNT:storage-location/NAME``, ``.../endpoint/NAME``; a
+notification sink's own ``arn:aws:sns:...`` ARN; a vault's ARN for its notification settings).
 Request and answer members use AWS's PascalCase naming, and timestamps are epoch seconds as in the
 AWS API, so one client can read both.
 """
@@ -48,6 +50,10 @@ def extension_router(state: ApiState) -> APIRouter:
     router = APIRouter(prefix=PREFIX)
     _storage_location_routes(router, state)
     _endpoint_routes(router, state)
+    # Imported here: notification_routes builds on this module's plumbing.
+    from backvault.api.notification_routes import add_notification_routes
+
+    add_notification_routes(router, state)
     return router
 
 
@@ -84,7 +90,7 @@ def _object_arn(state: ApiState, kind: str, parameter: str) -> ResourceOf:
     return resource
 
 
-async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def call_service(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a service in the thread pool; an unexpected error becomes a bare InternalFailure."""
     try:
         return await run_in_threadpool(function, *args, **kwargs)
@@ -96,19 +102,21 @@ async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise internal_failure(request_id) from None
 
 
-def _members(model: BaseModel) -> dict[str, Any]:
+def members(model: BaseModel) -> dict[str, Any]:
     """Return a request model's given members as snake_case keyword arguments."""
     return {snake_case(key): value for key, value in model.model_dump(exclude_none=True).items()}
 
 
-class _Request(BaseModel):
+class RequestModel(BaseModel):
+    """A request body: unknown members are refused, so a typo is an error rather than ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 # --- storage locations ------------------------------------------------------------------------------
 
 
-class CreateStorageLocationRequest(_Request):
+class CreateStorageLocationRequest(RequestModel):
     """A storage location to register: a local directory, or an S3 bucket and prefix."""
 
     LocationName: str = Field(description="Name; it is the region part of the ARNs of the vaults in it.")
@@ -136,7 +144,7 @@ def _storage_location_routes(router: APIRouter, state: ApiState) -> None:
         next_token: str | None = Query(default=None, alias="nextToken"),
         max_results: int | None = Query(default=None, alias="maxResults"),
     ) -> Response:
-        result = await _call(
+        result = await call_service(
             locations.list_storage_locations, context, next_token=next_token, max_results=max_results
         )
         return json_answer(result)
@@ -148,7 +156,7 @@ def _storage_location_routes(router: APIRouter, state: ApiState) -> None:
         dependencies=[guard("CreateStorageLocation")],
     )
     async def create_storage_location(request: CreateStorageLocationRequest) -> Response:
-        return json_answer(await _call(locations.create_storage_location, context, **_members(request)))
+        return json_answer(await call_service(locations.create_storage_location, context, **members(request)))
 
     @router.get(
         "/storage-locations/{location_name}",
@@ -157,7 +165,7 @@ def _storage_location_routes(router: APIRouter, state: ApiState) -> None:
         dependencies=[guard("GetStorageLocation", location)],
     )
     async def get_storage_location(location_name: str) -> Response:
-        return json_answer(await _call(locations.get_storage_location, context, location_name))
+        return json_answer(await call_service(locations.get_storage_location, context, location_name))
 
     @router.delete(
         "/storage-locations/{location_name}",
@@ -166,7 +174,7 @@ def _storage_location_routes(router: APIRouter, state: ApiState) -> None:
         dependencies=[guard("DeleteStorageLocation", location)],
     )
     async def delete_storage_location(location_name: str) -> Response:
-        return json_answer(await _call(locations.delete_storage_location, context, location_name))
+        return json_answer(await call_service(locations.delete_storage_location, context, location_name))
 
 
 # --- source endpoints and discovery -----------------------------------------------------------------
@@ -191,7 +199,7 @@ def _service(module_name: str, function_name: str) -> Callable[..., Any]:
     return function
 
 
-class RegisterEndpointRequest(_Request):
+class RegisterEndpointRequest(RequestModel):
     """A source endpoint: where resources of one type live, and how to reach them."""
 
     EndpointName: str = Field(description="Name, unique; it appears in the ARNs of its resources.")
@@ -206,7 +214,7 @@ class RegisterEndpointRequest(_Request):
     )
 
 
-class UpdateEndpointRequest(_Request):
+class UpdateEndpointRequest(RequestModel):
     """Changes to a source endpoint; absent members stay as they are."""
 
     Connection: dict[str, Any] | None = None
@@ -219,7 +227,7 @@ def _endpoint_routes(router: APIRouter, state: ApiState) -> None:
     endpoint = _object_arn(state, "endpoint", "endpoint_name")
 
     async def run(module: str, function: str, *args: Any, **kwargs: Any) -> Response:
-        return json_answer(await _call(_service(module, function), context, *args, **kwargs))
+        return json_answer(await call_service(_service(module, function), context, *args, **kwargs))
 
     @router.get(
         "/endpoints",
@@ -247,7 +255,7 @@ def _endpoint_routes(router: APIRouter, state: ApiState) -> None:
         dependencies=[guard("RegisterSourceEndpoint")],
     )
     async def register_endpoint(request: RegisterEndpointRequest) -> Response:
-        return await run("endpoints", "register_source_endpoint", **_members(request))
+        return await run("endpoints", "register_source_endpoint", **members(request))
 
     @router.get(
         "/endpoints/{endpoint_name}",
@@ -265,7 +273,7 @@ def _endpoint_routes(router: APIRouter, state: ApiState) -> None:
         dependencies=[guard("UpdateSourceEndpoint", endpoint)],
     )
     async def update_endpoint(endpoint_name: str, request: UpdateEndpointRequest) -> Response:
-        return await run("endpoints", "update_source_endpoint", endpoint_name, **_members(request))
+        return await run("endpoints", "update_source_endpoint", endpoint_name, **members(request))
 
     @router.delete(
         "/endpoints/{endpoint_name}",

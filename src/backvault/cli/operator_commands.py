@@ -48,7 +48,7 @@ FileOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add the operator commands to the ``backvault`` app."""
-    from backvault.cli import operator_jobs, operator_resources, operator_status
+    from backvault.cli import operator_jobs, operator_notifications, operator_resources, operator_status
 
     app.command("configure")(configure)
     app.add_typer(vaults_app, name="vaults")
@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
     operator_jobs.register(app)
     operator_resources.register(app)
     operator_status.register(app)
+    operator_notifications.register(app, vaults_app)  # notifications; vaults notifications
 
 
 # --- configure --------------------------------------------------------------------------------------

@@ -2,14 +2,15 @@
 
 The document format (snake_case YAML, every item by name) is described in apply_config.py and shown
 in ``examples/backvault.yaml``. The whole document is validated, and compared with the catalog,
-before anything changes; then the changes run in dependency order (locations, vaults, endpoints,
-plans, selections) through the same services as the API, so every rule and event applies.
+before anything changes; then the changes run in dependency order (locations, notification sinks,
+vaults, endpoints, plans, selections) through the same services as the API, so every rule and event
+applies. Notification sinks and a vault's notifications are handled in apply_notifications.py.
 
 * An item missing from the catalog is created; one that differs is updated (a plan gets a new
   version only when its document changed; a changed selection is replaced, as AWS selections are
   immutable); one that matches is reported ``unchanged``. Applying a document twice changes nothing.
 * Items in the catalog that the document does not mention are reported ``absent`` and deleted only
-  with ``prune`` (selections, then plans, endpoints, vaults, locations; the server's default
+  with ``prune`` (selections, then plans, endpoints, vaults, sinks, locations; the server's default
   location is never pruned). A deletion the services refuse (a vault still holding recovery
   points...) is reported ``refused`` and the rest goes on.
 * A change backvault cannot make in place (a location's settings, a vault's location, an endpoint's
@@ -21,8 +22,7 @@ plans, selections) through the same services as the API, so every rule and event
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backvault.control.apply_config import (
-    ABSENT,
+    ConfigDocument,
+    EndpointSpec,
+    LocationSpec,
+    PlanSpec,
+    VaultSpec,
+    parse_config,
+)
+from backvault.control.apply_notifications import check_sink_references, sink_steps, vault_notification_change
+from backvault.control.apply_report import (
     CREATE,
     DELETE,
     REFUSED,
@@ -40,13 +48,10 @@ from backvault.control.apply_config import (
     UPDATE,
     ApplyChange,
     ApplyReport,
-    ConfigDocument,
-    EndpointSpec,
-    LocationSpec,
-    PlanSpec,
-    VaultSpec,
+    Step,
+    absent_step,
     at,
-    parse_config,
+    run_all,
 )
 from backvault.control.catalog.models import BackupPlan as PlanRow
 from backvault.control.catalog.models import BackupPlanVersion, BackupSelection, BackupVault, StorageLocation
@@ -68,21 +73,23 @@ from backvault.domain.errors import (
 _ENDPOINTS_MODULE = "backvault.control.endpoints"
 
 
-@dataclass
-class _Step:
-    change: ApplyChange
-    run: Callable[[], object] | None = None
-
-
 def default_iam_role(context: ServiceContext) -> str:
     """The IamRoleArn given to selections that name none (AWS Backup's default service role)."""
     return f"arn:{context.partition}:iam::{context.account}:role/service-role/AWSBackupDefaultServiceRole"
 
 
 def apply_config(
-    context: ServiceContext, document: Any, *, prune: bool = False, dry_run: bool = False
+    context: ServiceContext,
+    document: Any,
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    environ: Mapping[str, str] | None = None,
 ) -> ApplyReport:
-    """Make the catalog match ``document``; report every item's action (see the module docstring)."""
+    """Make the catalog match ``document``; report every item's action (see the module docstring).
+
+    Secrets the document names as ``env:VARIABLE`` come from ``environ`` (default: os.environ).
+    """
     with context.catalog.transaction() as session:
         vault_rows = {row.name: row.arn for row in session.scalars(select(BackupVault))}
     declared: dict[str, str] = {}
@@ -103,8 +110,9 @@ def apply_config(
                 location = item.get("location") or context.default_location
                 if isinstance(location, str):
                     declared[item["name"]] = backup_vault_arn(context.arn_context(location), item["name"])
-    config = parse_config(document, iam_role=default_iam_role(context), vault_arn=vault_arn)
+    config = parse_config(document, iam_role=default_iam_role(context), vault_arn=vault_arn, environ=environ)
     _check_rule_vaults(config, set(vault_rows))
+    check_sink_references(context, config, prune)
     steps = _plan_changes(context, config, prune)
     report = ApplyReport(dry_run=dry_run, prune=prune)
     for step in steps:
@@ -133,25 +141,20 @@ def _check_rule_vaults(config: ConfigDocument, existing: set[str]) -> None:
                 )
 
 
-def _plan_changes(context: ServiceContext, config: ConfigDocument, prune: bool) -> list[_Step]:
+def _plan_changes(context: ServiceContext, config: ConfigDocument, prune: bool) -> list[Step]:
     """Compare the document with the catalog; return the steps in the order they must run."""
-    creations: list[_Step] = []
-    removals: list[_Step] = []
+    creations: list[Step] = []
+    removals: list[Step] = []
     with context.catalog.transaction() as session:
         creations += _location_steps(context, session, config.locations, prune, removals)
+        creations += sink_steps(context, session, config.notification_sinks, prune, removals)
         creations += _vault_steps(context, session, config.vaults, prune, removals)
         creations += _endpoint_steps(context, session, config.endpoints, prune, removals)
         creations += _plan_steps(context, session, config.plans, prune, removals)
     # Removals run dependants first: selections, plans, endpoints, vaults, locations.
-    order = {"selection": 0, "plan": 1, "endpoint": 2, "vault": 3, "location": 4}
+    order = {"selection": 0, "plan": 1, "endpoint": 2, "vault": 3, "sink": 4, "location": 5}
     removals.sort(key=lambda step: order[step.change.kind])
     return creations + removals
-
-
-def _absent(kind: str, name: str, prune: bool, delete: Callable[[], object]) -> _Step:
-    if prune:
-        return _Step(ApplyChange(kind, name, DELETE), delete)
-    return _Step(ApplyChange(kind, name, ABSENT, "not in the document; apply with prune to delete it"))
 
 
 # --- locations -----------------------------------------------------------------------------------
@@ -162,16 +165,16 @@ def _location_steps(
     session: Session,
     specs: tuple[LocationSpec, ...],
     prune: bool,
-    removals: list[_Step],
-) -> list[_Step]:
+    removals: list[Step],
+) -> list[Step]:
     rows = {row.name: row for row in session.scalars(select(StorageLocation))}
-    steps: list[_Step] = []
+    steps: list[Step] = []
     # A location's cold tier must exist before it: declared cold tiers go first.
     ordered = sorted(specs, key=lambda spec: spec.settings.get("cold_location_name") is not None)
     for spec in ordered:
         row = rows.get(spec.name)
         if row is None:
-            steps.append(_Step(ApplyChange("location", spec.name, CREATE), _creator(context, spec)))
+            steps.append(Step(ApplyChange("location", spec.name, CREATE), _creator(context, spec)))
             continue
         differences = _location_differences(spec, row)
         if differences:
@@ -181,10 +184,10 @@ def _location_steps(
                 "live there). Restore the old settings in the document, or declare a new location and move "
                 "the vaults."
             )
-        steps.append(_Step(ApplyChange("location", spec.name, UNCHANGED)))
+        steps.append(Step(ApplyChange("location", spec.name, UNCHANGED)))
     declared = {spec.name for spec in specs}
     for name in sorted(set(rows) - declared - {context.default_location}):
-        removals.append(_absent("location", name, prune, partial(delete_storage_location, context, name)))
+        removals.append(absent_step("location", name, prune, partial(delete_storage_location, context, name)))
     return steps
 
 
@@ -224,16 +227,16 @@ def _vault_steps(
     session: Session,
     specs: tuple[VaultSpec, ...],
     prune: bool,
-    removals: list[_Step],
-) -> list[_Step]:
+    removals: list[Step],
+) -> list[Step]:
     rows = {row.name: row for row in session.scalars(select(BackupVault))}
-    steps: list[_Step] = []
+    steps: list[Step] = []
     for spec in specs:
         location = spec.location or context.default_location
         row = rows.get(spec.name)
         if row is None:
             steps.append(
-                _Step(ApplyChange("vault", spec.name, CREATE), _vault_creator(context, spec, location))
+                Step(ApplyChange("vault", spec.name, CREATE), _vault_creator(context, spec, location))
             )
             continue
         if row.location_name != location:
@@ -249,13 +252,17 @@ def _vault_steps(
         if spec.lock is not None and _lock_of(row) != _wanted_lock(spec.lock):
             changes.append("lock")
             actions.append(partial(_lock, context, spec))
+        notifications = vault_notification_change(context, row, spec.name, spec.notifications)
+        if notifications is not None:
+            changes.append("notifications")
+            actions.append(notifications)
         if changes:
-            steps.append(_Step(ApplyChange("vault", spec.name, UPDATE, ", ".join(changes)), _all(actions)))
+            steps.append(Step(ApplyChange("vault", spec.name, UPDATE, ", ".join(changes)), run_all(actions)))
         else:
-            steps.append(_Step(ApplyChange("vault", spec.name, UNCHANGED)))
+            steps.append(Step(ApplyChange("vault", spec.name, UNCHANGED)))
     declared = {spec.name for spec in specs}
     for name in sorted(set(rows) - declared):
-        removals.append(_absent("vault", name, prune, partial(delete_backup_vault, context, name)))
+        removals.append(absent_step("vault", name, prune, partial(delete_backup_vault, context, name)))
     return steps
 
 
@@ -265,6 +272,9 @@ def _vault_creator(context: ServiceContext, spec: VaultSpec, location: str) -> C
             create_backup_vault(context, spec.name, backup_vault_tags=dict(spec.tags), location_name=location)
             if spec.lock is not None:
                 _lock(context, spec)
+        notifications = vault_notification_change(context, None, spec.name, spec.notifications)
+        if notifications is not None:
+            notifications()
         return None
 
     return create
@@ -295,15 +305,6 @@ def _wanted_lock(lock: Any) -> dict[str, int | None]:
     return {key: lock.get(key) for key in keys}
 
 
-def _all(actions: list[Callable[[], object]]) -> Callable[[], object]:
-    def run() -> object:
-        for action in actions:
-            action()
-        return None
-
-    return run
-
-
 # --- endpoints -----------------------------------------------------------------------------------
 
 
@@ -312,17 +313,17 @@ def _endpoint_steps(
     session: Session,
     specs: tuple[EndpointSpec, ...],
     prune: bool,
-    removals: list[_Step],
-) -> list[_Step]:
+    removals: list[Step],
+) -> list[Step]:
     register = optional_function(_ENDPOINTS_MODULE, "register_source_endpoint")
     if register is None:
         message = "this backvault has no source endpoints (backvault.control.endpoints is missing)"
-        return [_Step(ApplyChange("endpoint", spec.name, SKIPPED, message)) for spec in specs]
+        return [Step(ApplyChange("endpoint", spec.name, SKIPPED, message)) for spec in specs]
     update = optional_function(_ENDPOINTS_MODULE, "update_source_endpoint")
     delete = optional_function(_ENDPOINTS_MODULE, "delete_source_endpoint")
     assert update is not None and delete is not None
     rows = {row.name: row for row in session.scalars(select(EndpointRow))}
-    steps: list[_Step] = []
+    steps: list[Step] = []
     for spec in specs:
         row = rows.get(spec.name)
         if row is None:
@@ -338,7 +339,7 @@ def _endpoint_steps(
                         default_tags=dict(spec.default_tags),
                     )
 
-            steps.append(_Step(ApplyChange("endpoint", spec.name, CREATE), create))
+            steps.append(Step(ApplyChange("endpoint", spec.name, CREATE), create))
             continue
         if row.endpoint_type != spec.endpoint_type:
             raise InvalidRequestException(
@@ -359,7 +360,7 @@ def _endpoint_steps(
             if differs
         ]
         if not changes:
-            steps.append(_Step(ApplyChange("endpoint", spec.name, UNCHANGED)))
+            steps.append(Step(ApplyChange("endpoint", spec.name, UNCHANGED)))
             continue
 
         def change(spec: EndpointSpec = spec) -> object:
@@ -372,10 +373,10 @@ def _endpoint_steps(
                     default_tags=dict(spec.default_tags),
                 )
 
-        steps.append(_Step(ApplyChange("endpoint", spec.name, UPDATE, ", ".join(changes)), change))
+        steps.append(Step(ApplyChange("endpoint", spec.name, UPDATE, ", ".join(changes)), change))
     declared = {spec.name for spec in specs}
     for name in sorted(set(rows) - declared):
-        removals.append(_absent("endpoint", name, prune, partial(delete, context, name)))
+        removals.append(absent_step("endpoint", name, prune, partial(delete, context, name)))
     return steps
 
 
@@ -383,15 +384,15 @@ def _endpoint_steps(
 
 
 def _plan_steps(
-    context: ServiceContext, session: Session, specs: tuple[PlanSpec, ...], prune: bool, removals: list[_Step]
-) -> list[_Step]:
+    context: ServiceContext, session: Session, specs: tuple[PlanSpec, ...], prune: bool, removals: list[Step]
+) -> list[Step]:
     rows = {row.name: row for row in session.scalars(select(PlanRow).where(PlanRow.deletion_date.is_(None)))}
-    steps: list[_Step] = []
+    steps: list[Step] = []
     for spec in specs:
         row = rows.get(spec.name)
         selections: dict[str, BackupSelection] = {}
         if row is None:
-            steps.append(_Step(ApplyChange("plan", spec.name, CREATE), _plan_creator(context, spec)))
+            steps.append(Step(ApplyChange("plan", spec.name, CREATE), _plan_creator(context, spec)))
         else:
             selections = {
                 selection.name: selection
@@ -405,25 +406,25 @@ def _plan_steps(
             existing = selections.get(selection.name)
             if existing is None:
                 steps.append(
-                    _Step(
+                    Step(
                         ApplyChange("selection", label, CREATE), _selection_creator(context, spec, selection)
                     )
                 )
             elif dict(existing.document) != dict(selection.document):
-                replace = _all(
+                replace = run_all(
                     [
                         partial(delete_backup_selection, context, existing.plan_id, existing.id),
                         _selection_creator(context, spec, selection),
                     ]
                 )
-                steps.append(_Step(ApplyChange("selection", label, UPDATE, "replaced"), replace))
+                steps.append(Step(ApplyChange("selection", label, UPDATE, "replaced"), replace))
             else:
-                steps.append(_Step(ApplyChange("selection", label, UNCHANGED)))
+                steps.append(Step(ApplyChange("selection", label, UNCHANGED)))
         declared = {selection.name for selection in spec.selections}
         for name in sorted(set(selections) - declared):
             extra = selections[name]
             removals.append(
-                _absent(
+                absent_step(
                     "selection",
                     f"{spec.name}/{name}",
                     prune,
@@ -435,18 +436,18 @@ def _plan_steps(
         plan_id = rows[name].id
         for leftover in session.scalars(select(BackupSelection).where(BackupSelection.plan_id == plan_id)):
             removals.append(
-                _absent(
+                absent_step(
                     "selection",
                     f"{name}/{leftover.name}",
                     prune,
                     partial(delete_backup_selection, context, plan_id, leftover.id),
                 )
             )
-        removals.append(_absent("plan", name, prune, partial(delete_backup_plan, context, plan_id)))
+        removals.append(absent_step("plan", name, prune, partial(delete_backup_plan, context, plan_id)))
     return steps
 
 
-def _plan_update(context: ServiceContext, session: Session, spec: PlanSpec, row: PlanRow) -> _Step:
+def _plan_update(context: ServiceContext, session: Session, spec: PlanSpec, row: PlanRow) -> Step:
     version = session.get(BackupPlanVersion, row.current_version_id)
     assert version is not None  # plans always have their current version
     current = {
@@ -467,8 +468,8 @@ def _plan_update(context: ServiceContext, session: Session, spec: PlanSpec, row:
         changes.append("tags")
         actions.append(partial(_set_plan_tags, context, row.id, dict(spec.tags)))
     if not changes:
-        return _Step(ApplyChange("plan", spec.name, UNCHANGED))
-    return _Step(ApplyChange("plan", spec.name, UPDATE, ", ".join(changes)), _all(actions))
+        return Step(ApplyChange("plan", spec.name, UNCHANGED))
+    return Step(ApplyChange("plan", spec.name, UPDATE, ", ".join(changes)), run_all(actions))
 
 
 def _plan_creator(context: ServiceContext, spec: PlanSpec) -> Callable[[], object]:

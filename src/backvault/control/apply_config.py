@@ -12,6 +12,17 @@ Terraform's; apply.py maps it onto the AWS-shaped services. Every section is opt
         endpoint_url: https://s3.example.net
         region: eu-central-1
         cold_storage_class: GLACIER # or cold_location: OTHER-LOCATION (not both)
+    notification_sinks:             # where vault events go (the "SNS topics" of AWS)
+      - name: ops-hook
+        type: webhook               # webhook (signed JSON) | slack | email
+        url: https://hooks.example.net/backvault
+        secret: env:OPS_HOOK_KEY    # HMAC key / SMTP password from apply's environment, stored wrapped
+        failures_only: false
+      - name: ops-mail
+        type: email
+        smtp_host: mail.example.net # smtp_port (25), sender, recipients, username, starttls
+        sender: backvault@example.net
+        recipients: [ops@example.net]
     vaults:
       - name: main
         location: local             # default: the server's default location
@@ -19,6 +30,10 @@ Terraform's; apply.py maps it onto the AWS-shaped services. Every section is opt
         lock:                       # optional Vault Lock (compliance mode with changeable_for_days)
           min_retention_days: 7
           max_retention_days: 3650
+        notifications:              # optional; null removes the vault's configuration
+          sink: ops-hook            # a sink declared above or already in the catalog
+          events: [BACKUP_JOB_FAILED, BACKUP_JOB_COMPLETED, COPY_JOB_FAILED]
+          failures_only: true       # of those, only failures (failed, expired, aborted, partial)
     endpoints:                      # source endpoints (needs backvault.control.endpoints)
       - name: files
         type: Filesystem            # Filesystem, PostgreSQL, MySQL, SQLite, Redis, S3, DynamoDB
@@ -58,13 +73,30 @@ exceptions of the services (InvalidParameterValueException, InvalidRequestExcept
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from backvault.control.apply_notifications import (
+    SinkSpec,
+    VaultNotificationSpec,
+    parse_sink,
+    parse_vault_notifications,
+)
+from backvault.control.apply_report import (
+    ABSENT,
+    CREATE,
+    DELETE,
+    REFUSED,
+    SKIPPED,
+    UNCHANGED,
+    UPDATE,
+    ApplyChange,
+    ApplyReport,
+    at,
+)
 from backvault.domain.errors import (
-    BackupServiceError,
     InvalidParameterValueException,
     expect_int,
     expect_list,
@@ -78,66 +110,31 @@ from backvault.domain.plans import BackupPlan, validate_recovery_point_tags
 from backvault.domain.schedule import parse_schedule, zone_for
 from backvault.domain.selection import Selection
 
+# The report's names are imported from here by callers of parse_config.
+__all__ = [
+    "ABSENT",
+    "CREATE",
+    "DELETE",
+    "FORMAT_VERSION",
+    "REFUSED",
+    "SKIPPED",
+    "UNCHANGED",
+    "UPDATE",
+    "ApplyChange",
+    "ApplyReport",
+    "ConfigDocument",
+    "EndpointSpec",
+    "LocationSpec",
+    "PlanSpec",
+    "SelectionSpec",
+    "SinkSpec",
+    "VaultNotificationSpec",
+    "VaultSpec",
+    "at",
+    "parse_config",
+]
+
 FORMAT_VERSION = 1
-
-CREATE, UPDATE, UNCHANGED, ABSENT, DELETE, REFUSED, SKIPPED = (
-    "create",
-    "update",
-    "unchanged",
-    "absent",
-    "delete",
-    "refused",
-    "skipped",
-)
-
-
-@dataclass(frozen=True)
-class ApplyChange:
-    """One item of the report: what happened (or would happen) to one named item."""
-
-    kind: str  # location, vault, endpoint, plan, selection
-    name: str
-    action: str
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, str]:
-        """Return the change as a JSON-ready object."""
-        body = {"Kind": self.kind, "Name": self.name, "Action": self.action}
-        if self.detail:
-            body["Detail"] = self.detail
-        return body
-
-
-@dataclass
-class ApplyReport:
-    """Everything apply did or, with dry_run, would do."""
-
-    dry_run: bool
-    prune: bool
-    changes: list[ApplyChange] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """True if the catalog was (or would be) changed."""
-        return any(change.action in (CREATE, UPDATE, DELETE) for change in self.changes)
-
-    def counts(self) -> dict[str, int]:
-        """Return how many items got each action."""
-        totals: dict[str, int] = {}
-        for change in self.changes:
-            totals[change.action] = totals.get(change.action, 0) + 1
-        return totals
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the report as a JSON-ready object."""
-        return {
-            "DryRun": self.dry_run,
-            "Prune": self.prune,
-            "Changed": self.changed,
-            "Counts": self.counts(),
-            "Changes": [change.to_dict() for change in self.changes],
-        }
-
 
 _CONDITION_OPERATORS = {
     "string_equals": "StringEquals",
@@ -166,6 +163,7 @@ class VaultSpec:
     location: str | None
     tags: Mapping[str, str]
     lock: Mapping[str, int] | None
+    notifications: VaultNotificationSpec | None = None  # None: not managed by the document
 
 
 @dataclass(frozen=True)
@@ -208,36 +206,46 @@ class ConfigDocument:
     vaults: tuple[VaultSpec, ...]
     endpoints: tuple[EndpointSpec, ...]
     plans: tuple[PlanSpec, ...]
+    notification_sinks: tuple[SinkSpec, ...] = ()
 
 
-@contextmanager
-def at(where: str) -> Iterator[None]:
-    """Prefix the message of a service error raised inside with the document path ``where``."""
-    try:
-        yield
-    except BackupServiceError as error:
-        if where in error.message:
-            raise
-        raise type(error)(f"{where}: {error.message}", **error.context) from None
+def parse_config(
+    document: Any,
+    *,
+    iam_role: str,
+    vault_arn: Callable[[str, str], str],
+    environ: Mapping[str, str] | None = None,
+) -> ConfigDocument:
+    """Validate a whole document; ``vault_arn(name, where)`` resolves copy destinations named by vault.
 
-
-def parse_config(document: Any, *, iam_role: str, vault_arn: Callable[[str, str], str]) -> ConfigDocument:
-    """Validate a whole document; ``vault_arn(name, where)`` resolves copy destinations named by vault."""
+    Secrets named ``env:VARIABLE`` are read from ``environ`` (default: this process's environment).
+    """
+    environment = os.environ if environ is None else environ
     body = expect_mapping(document if document is not None else {}, "the document")
-    reject_unknown_members(body, {"version", "locations", "vaults", "endpoints", "plans"}, "the document")
+    reject_unknown_members(
+        body, {"version", "locations", "notification_sinks", "vaults", "endpoints", "plans"}, "the document"
+    )
     version = body.get("version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise InvalidParameterValueException(
             f"version: this backvault reads version {FORMAT_VERSION} documents, got {version!r}."
         )
     locations = tuple(_items(body, "locations", _location))
+    sinks = tuple(
+        _items(body, "notification_sinks", lambda data, where: parse_sink(data, where, environment))
+    )
     vaults = tuple(_items(body, "vaults", _vault))
     endpoints = tuple(_items(body, "endpoints", _endpoint))
     plans = tuple(_items(body, "plans", lambda data, where: _plan(data, where, iam_role, vault_arn)))
-    for section, specs in (("locations", locations), ("vaults", vaults), ("endpoints", endpoints)):
+    for section, specs in (
+        ("locations", locations),
+        ("notification_sinks", sinks),
+        ("vaults", vaults),
+        ("endpoints", endpoints),
+    ):
         _refuse_duplicates(section, [(spec.name, spec.where) for spec in specs])
     _refuse_duplicates("plans", [(plan.name, plan.where) for plan in plans])
-    return ConfigDocument(locations, vaults, endpoints, plans)
+    return ConfigDocument(locations, vaults, endpoints, plans, sinks)
 
 
 def _items(body: Mapping[str, Any], section: str, parse: Callable[[Any, str], Any]) -> Iterator[Any]:
@@ -291,7 +299,7 @@ def _location(data: Any, where: str) -> LocationSpec:
 
 def _vault(data: Any, where: str) -> VaultSpec:
     body = expect_mapping(data, where)
-    reject_unknown_members(body, {"name", "location", "tags", "lock"}, where)
+    reject_unknown_members(body, {"name", "location", "tags", "lock", "notifications"}, where)
     lock = None
     if body.get("lock") is not None:
         lock_where = f"{where}.lock"
@@ -305,6 +313,9 @@ def _vault(data: Any, where: str) -> VaultSpec:
         _optional_str(body, "location", where),
         _tags(body.get("tags"), f"{where}.tags"),
         lock,
+        parse_vault_notifications(body["notifications"], f"{where}.notifications")
+        if "notifications" in body
+        else None,
     )
 
 

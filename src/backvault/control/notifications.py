@@ -1,10 +1,14 @@
-"""Notifications: sinks, and turning vault events into deliveries that are retried until they land.
+"""Notifications: turning vault events into deliveries that are retried until they land.
 
-A sink plays the part of the SNS topic in AWS's PutBackupVaultNotifications: its ARN is
-``arn:aws:sns:REGION:ACCOUNT:NAME``, and a vault that subscribes that ARN to some event types gets
-those events delivered to the sink. ``dispatch_events`` reads the append-only event log after a
-cursor and creates one delivery per (event, sink); ``deliver_due`` sends what is due, records every
-attempt, and retries failures with exponential backoff until ``MAX_ATTEMPTS``.
+A sink (``notification_sinks``) plays the part of the SNS topic in AWS's PutBackupVaultNotifications:
+a vault that subscribes its ARN to some event types gets those events delivered to the sink.
+``dispatch_events`` reads the append-only event log after a cursor and creates one delivery per
+(event, sink); ``deliver_due`` sends what is due, records every attempt, and retries failures with
+exponential backoff until ``MAX_ATTEMPTS``; ``list_notification_deliveries`` shows operators the
+deliveries with their attempts.
+
+"Failures only" can be set on a sink and on a vault's notification settings (``FailuresOnly``, a
+backvault extension): when either is set, only failure events reach the sink (see ``is_failure``).
 
 The dispatcher rereads a window of events below its cursor: on PostgreSQL, ids are handed out before
 commit, so an event may become visible after a higher id was already read. The unique
@@ -14,6 +18,7 @@ commit, so an event may become visible after a higher id was already read. The u
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -31,181 +36,71 @@ from backvault.control.catalog.notification_models import (
 )
 from backvault.control.context import ServiceContext
 from backvault.control.notification_senders import DeliveryError, send_email, send_slack, send_webhook
-from backvault.control.pagination import paginate
-from backvault.control.secrets import SecretError
-from backvault.domain.arn import Arn
-from backvault.domain.errors import (
-    AlreadyExistsException,
-    DependencyFailureException,
-    InvalidParameterValueException,
-    ResourceNotFoundException,
+from backvault.control.notification_sinks import (
+    SINK_TYPES,
+    create_notification_sink,
+    delete_notification_sink,
+    describe_notification_sink,
+    get_sink_row,
+    list_notification_sinks,
+    sink_arn,
+    unwrap_secret,
+    update_notification_sink,
 )
+from backvault.control.pagination import paginate
+from backvault.domain.errors import InvalidParameterValueException
+
+# The sink services lived here first; callers may still import them from this module.
+__all__ = [
+    "DELIVERY_STATUSES",
+    "MAX_ATTEMPTS",
+    "SINK_TYPES",
+    "DeliveryReport",
+    "create_notification_sink",
+    "delete_notification_sink",
+    "deliver_due",
+    "delivery_history",
+    "describe_notification_sink",
+    "dispatch_events",
+    "is_failure",
+    "list_notification_deliveries",
+    "list_notification_sinks",
+    "retry_delay",
+    "run_notifications",
+    "sink_arn",
+    "update_notification_sink",
+]
 
 logger = logging.getLogger(__name__)
 
-SINK_TYPES = ("webhook", "slack", "email")
 MAX_ATTEMPTS = 6
 FIRST_RETRY = timedelta(seconds=30)
 LAST_RETRY = timedelta(hours=1)
 REREAD_WINDOW = 1000  # events below the cursor looked at again (see the module docstring)
+DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
 _CURSOR = "notifications"
 _FAILURE_WORDS = ("FAILED", "EXPIRED", "ABORTED", "REFUSED")
+# A job's COMPLETED event also ends jobs that did not succeed (AWS sends it for every end state).
+_FAILED_STATES = frozenset({"FAILED", "EXPIRED", "ABORTED", "PARTIAL"})
 
 
-def _secret_purpose(sink_name: str) -> str:
-    return f"notification-sink:{sink_name}"
+def is_failure(event_type: str, detail: Mapping[str, Any] | None = None) -> bool:
+    """True for events a "failures only" subscriber wants: failed, expired, aborted or refused work."""
+    if any(word in event_type for word in _FAILURE_WORDS):
+        return True
+    return str((detail or {}).get("State", "")) in _FAILED_STATES
 
 
-def sink_arn(context: ServiceContext, name: str) -> str:
-    """Return a sink's ARN (an SNS topic ARN, as vault notifications expect)."""
-    arn_context = context.arn_context()
-    return str(Arn(arn_context.partition, "sns", arn_context.region, arn_context.account, name))
+@dataclass(frozen=True)
+class _Subscription:
+    sink: NotificationSink
+    events: frozenset[str]
+    failures_only: bool  # the vault's or the sink's
 
-
-# --- sinks ---------------------------------------------------------------------------------------
-
-
-def create_notification_sink(
-    context: ServiceContext,
-    name: str,
-    sink_type: str,
-    *,
-    url: str | None = None,
-    smtp_host: str | None = None,
-    smtp_port: int = 25,
-    sender: str | None = None,
-    recipients: list[str] | None = None,
-    username: str | None = None,
-    starttls: bool = False,
-    secret: str | None = None,
-    failures_only: bool = False,
-) -> dict[str, Any]:
-    """Register a sink; ``secret`` (HMAC key or SMTP password) is stored only wrapped."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name) > 64
-        or not name.replace("-", "").replace("_", "").isalnum()
-    ):
-        raise InvalidParameterValueException(
-            f"Sink name {name!r} is not valid: use 1 to 64 letters, digits, hyphens and underscores."
-        )
-    settings = _sink_settings(sink_type, url, smtp_host, smtp_port, sender, recipients, username, starttls)
-    with context.catalog.transaction() as session:
-        if session.get(NotificationSink, name) is not None:
-            raise AlreadyExistsException(
-                f"Notification sink {name!r} already exists.", Arn=sink_arn(context, name)
-            )
-        row = NotificationSink(
-            name=name,
-            arn=sink_arn(context, name),
-            sink_type=sink_type,
-            settings=settings,
-            wrapped_secret=context.master_secret.wrap(secret.encode(), _secret_purpose(name))
-            if secret
-            else None,
-            failures_only=failures_only,
-            creation_date=context.now(),
-        )
-        session.add(row)
-        return _sink_to_aws(row)
-
-
-def describe_notification_sink(context: ServiceContext, name: str) -> dict[str, Any]:
-    """Return one sink (never its secret)."""
-    with context.catalog.transaction() as session:
-        return _sink_to_aws(_get_sink(session, name))
-
-
-def list_notification_sinks(
-    context: ServiceContext, *, max_results: int | None = None, next_token: str | None = None
-) -> dict[str, Any]:
-    """List sinks by name."""
-    with context.catalog.transaction() as session:
-        rows, token = paginate(
-            session,
-            select(NotificationSink),
-            [NotificationSink.name],
-            operation="ListNotificationSinks",
-            max_results=max_results,
-            next_token=next_token,
-        )
-        body: dict[str, Any] = {"Sinks": [_sink_to_aws(row) for row in rows]}
-        if token:
-            body["NextToken"] = token
-        return body
-
-
-def delete_notification_sink(context: ServiceContext, name: str) -> dict[str, Any]:
-    """Delete a sink and its delivery history."""
-    with context.catalog.transaction() as session:
-        row = _get_sink(session, name)
-        for delivery in session.scalars(
-            select(NotificationDelivery).where(NotificationDelivery.sink_name == name)
-        ):
-            session.delete(delivery)
-        session.flush()
-        session.delete(row)
-        return {}
-
-
-def _get_sink(session: Session, name: str) -> NotificationSink:
-    row = session.get(NotificationSink, name)
-    if row is None:
-        raise ResourceNotFoundException(f"Notification sink {name!r} does not exist.")
-    return row
-
-
-def _sink_settings(
-    sink_type: str,
-    url: str | None,
-    smtp_host: str | None,
-    smtp_port: int,
-    sender: str | None,
-    recipients: list[str] | None,
-    username: str | None,
-    starttls: bool,
-) -> dict[str, Any]:
-    if sink_type not in SINK_TYPES:
-        raise InvalidParameterValueException(
-            f"Sink type {sink_type!r} is not valid; use one of {', '.join(SINK_TYPES)}."
-        )
-    if sink_type in ("webhook", "slack"):
-        if not url or not url.startswith(("http://", "https://")):
-            raise InvalidParameterValueException(
-                f"A {sink_type} sink needs an http:// or https:// URL, got {url!r}."
-            )
-        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            raise InvalidParameterValueException(
-                "Put webhook credentials in the sink's secret, not in its URL."
-            )
-        return {"Url": url}
-    if not smtp_host or not sender or not recipients:
-        raise InvalidParameterValueException(
-            "An email sink needs smtp_host, sender and at least one recipient."
-        )
-    if not 0 < smtp_port < 65536:
-        raise InvalidParameterValueException(f"SMTP port {smtp_port} is out of range 1-65535.")
-    return {
-        "SmtpHost": smtp_host,
-        "SmtpPort": smtp_port,
-        "Sender": sender,
-        "Recipients": list(recipients),
-        "Username": username,
-        "StartTls": starttls,
-    }
-
-
-def _sink_to_aws(row: NotificationSink) -> dict[str, Any]:
-    return {
-        "SinkName": row.name,
-        "SinkArn": row.arn,
-        "SinkType": row.sink_type,
-        "Settings": dict(row.settings),
-        "HasSecret": row.wrapped_secret is not None,
-        "FailuresOnly": row.failures_only,
-        "CreationDate": row.creation_date,
-    }
+    def wants(self, event: Event) -> bool:
+        if event.event_type not in self.events:
+            return False
+        return not self.failures_only or is_failure(event.event_type, event.detail)
 
 
 # --- dispatching events to deliveries --------------------------------------------------------------
@@ -228,15 +123,15 @@ def dispatch_events(context: ServiceContext, *, batch: int = 500) -> int:
         subscriptions = _subscriptions(session)
         seen = _already_delivered(session, [event.id for event in events])
         for event in events:
-            sink = subscriptions.get(event.vault_name or "", {}).get(event.event_type)
-            if sink is None or (event.id, sink.name) in seen:
+            subscription = subscriptions.get(event.vault_name or "")
+            if subscription is None or not subscription.wants(event):
                 continue
-            if sink.failures_only and not any(word in event.event_type for word in _FAILURE_WORDS):
+            if (event.id, subscription.sink.name) in seen:
                 continue
             session.add(
                 NotificationDelivery(
                     event_id=event.id,
-                    sink_name=sink.name,
+                    sink_name=subscription.sink.name,
                     status="PENDING",
                     attempts=0,
                     next_attempt_at=context.now(),
@@ -249,15 +144,19 @@ def dispatch_events(context: ServiceContext, *, batch: int = 500) -> int:
     return created
 
 
-def _subscriptions(session: Session) -> dict[str, dict[str, NotificationSink]]:
-    """Map vault name -> event type -> the sink its notification configuration names."""
+def _subscriptions(session: Session) -> dict[str, _Subscription]:
+    """Map vault name -> the sink its notification configuration names, its events and filter."""
     sinks = {row.arn: row for row in session.scalars(select(NotificationSink))}
-    result: dict[str, dict[str, NotificationSink]] = {}
+    result: dict[str, _Subscription] = {}
     for vault in session.scalars(select(BackupVault).where(BackupVault.notifications.is_not(None))):
         settings = vault.notifications or {}
         sink = sinks.get(settings.get("SNSTopicArn", ""))
         if sink is not None:
-            result[vault.name] = {event_type: sink for event_type in settings.get("BackupVaultEvents", [])}
+            result[vault.name] = _Subscription(
+                sink,
+                frozenset(settings.get("BackupVaultEvents", [])),
+                bool(settings.get("FailuresOnly")) or sink.failures_only,
+            )
     return result
 
 
@@ -331,14 +230,7 @@ def _claim_due(context: ServiceContext, limit: int, timeout: float) -> list[_Cla
             if sink is None or event is None:
                 row.status, row.last_error = "FAILED", "the sink or the event no longer exists"
                 continue
-            try:
-                secret = (
-                    context.master_secret.unwrap(sink.wrapped_secret, _secret_purpose(sink.name))
-                    if sink.wrapped_secret
-                    else None
-                )
-            except SecretError as error:
-                raise DependencyFailureException(f"Notification sink {sink.name!r}: {error}") from None
+            secret = unwrap_secret(context, sink)
             row.attempts += 1
             row.next_attempt_at = now + timedelta(seconds=timeout * 3)
             claimed.append(
@@ -451,3 +343,78 @@ def delivery_history(context: ServiceContext, *, event_id: int | None = None) ->
                 }
             )
         return result
+
+
+def list_notification_deliveries(
+    context: ServiceContext,
+    *,
+    sink_name: str | None = None,
+    status: str | None = None,
+    max_results: int | None = None,
+    next_token: str | None = None,
+) -> dict[str, Any]:
+    """List deliveries newest first with their attempts: sink, event, status, last error, next attempt."""
+    query = select(NotificationDelivery)
+    if status is not None:
+        if status not in DELIVERY_STATUSES:
+            raise InvalidParameterValueException(
+                f"Status {status!r} is not valid; use one of {', '.join(DELIVERY_STATUSES)}."
+            )
+        query = query.where(NotificationDelivery.status == status)
+    with context.catalog.transaction() as session:
+        if sink_name is not None:
+            get_sink_row(session, sink_name)  # a mistyped sink is an error, not an empty list
+            query = query.where(NotificationDelivery.sink_name == sink_name)
+        rows, token = paginate(
+            session,
+            query,
+            [NotificationDelivery.id],
+            operation="ListNotificationDeliveries",
+            max_results=max_results,
+            next_token=next_token,
+            descending=True,
+        )
+        ids = [row.id for row in rows]
+        events = {
+            event.id: event
+            for event in session.scalars(select(Event).where(Event.id.in_([row.event_id for row in rows])))
+        }
+        attempts: dict[int, list[dict[str, Any]]] = {delivery_id: [] for delivery_id in ids}
+        for attempt in session.scalars(
+            select(NotificationAttempt)
+            .where(NotificationAttempt.delivery_id.in_(ids))
+            .order_by(NotificationAttempt.id)
+        ):
+            attempts[attempt.delivery_id].append(
+                {
+                    "AttemptDate": attempt.attempted_at,
+                    "Succeeded": attempt.succeeded,
+                    "Detail": attempt.detail,
+                }
+            )
+        body: dict[str, Any] = {
+            "Deliveries": [_delivery_to_aws(row, events.get(row.event_id), attempts[row.id]) for row in rows]
+        }
+        if token:
+            body["NextToken"] = token
+        return body
+
+
+def _delivery_to_aws(
+    row: NotificationDelivery, event: Event | None, attempts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "DeliveryId": row.id,
+        "SinkName": row.sink_name,
+        "EventId": row.event_id,
+        "EventType": event.event_type if event is not None else None,
+        "BackupVaultName": event.vault_name if event is not None else None,
+        "JobId": event.job_id if event is not None else None,
+        "Status": row.status,
+        "AttemptCount": row.attempts,
+        "LastError": row.last_error,
+        "NextAttemptDate": row.next_attempt_at if row.status == "PENDING" else None,
+        "CreationDate": row.creation_date,
+        "DeliveredDate": row.delivered_at,
+        "Attempts": attempts,
+    }

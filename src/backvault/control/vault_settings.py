@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy import select
+
+from backvault.control.catalog.notification_models import NotificationSink
 from backvault.control.context import ServiceContext
 from backvault.control.events import EventType, record_event
+from backvault.control.notification_sinks import get_sink_row
 from backvault.control.vaults import get_vault_row, vault_lock
 from backvault.domain.arn import parse_arn
 from backvault.domain.errors import (
@@ -160,6 +164,12 @@ def _parse_policy(policy: Any) -> dict[str, Any]:
 
 
 # --- notifications -------------------------------------------------------------------------------
+#
+# The vault's configuration is stored as {"SNSTopicArn", "BackupVaultEvents", "FailuresOnly"}.
+# FailuresOnly is a backvault extension: AWS's GetBackupVaultNotifications answers exactly AWS's
+# members, and AWS's PutBackupVaultNotifications, which has no such member, replaces the whole
+# configuration and so turns it off. The extension route (get/put_backup_vault_notification_settings)
+# reads and sets it.
 
 
 def put_backup_vault_notifications(
@@ -168,8 +178,9 @@ def put_backup_vault_notifications(
     *,
     sns_topic_arn: str | None,
     backup_vault_events: list[str] | None,
+    failures_only: bool = False,
 ) -> dict[str, Any]:
-    """Subscribe a topic (a notification sink's ARN) to some of the vault's events."""
+    """Subscribe a topic (a notification sink's ARN) to some of the vault's events, replacing any before."""
     where = "PutBackupVaultNotifications"
     request = {"SNSTopicArn": sns_topic_arn, "BackupVaultEvents": backup_vault_events}
     topic = expect_str(require_member(request, "SNSTopicArn", where), "SNSTopicArn")
@@ -182,7 +193,13 @@ def put_backup_vault_notifications(
             f"BackupVaultEvents has unknown event(s) {', '.join(unknown)}; allowed: "
             f"{', '.join(sorted(BACKUP_VAULT_EVENTS))}."
         )
-    settings = {"SNSTopicArn": topic, "BackupVaultEvents": list(dict.fromkeys(events))}
+    if not isinstance(failures_only, bool):
+        raise InvalidParameterValueException(f"FailuresOnly must be true or false, got {failures_only!r}.")
+    settings = {
+        "SNSTopicArn": topic,
+        "BackupVaultEvents": list(dict.fromkeys(events)),
+        "FailuresOnly": failures_only,
+    }
     return _set_vault_setting(
         context, backup_vault_name, "notifications", settings, EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED
     )
@@ -207,6 +224,43 @@ def delete_backup_vault_notifications(context: ServiceContext, backup_vault_name
     return _set_vault_setting(
         context, backup_vault_name, "notifications", None, EventType.BACKUP_VAULT_NOTIFICATIONS_CHANGED
     )
+
+
+def put_backup_vault_notification_settings(
+    context: ServiceContext,
+    backup_vault_name: str,
+    *,
+    backup_vault_events: list[str] | None,
+    sns_topic_arn: str | None = None,
+    sink_name: str | None = None,
+    failures_only: bool = False,
+) -> dict[str, Any]:
+    """The extension's Put: the topic by ARN or by sink name (which must exist), and FailuresOnly."""
+    if (sns_topic_arn is None) == (sink_name is None):
+        raise InvalidParameterValueException("Name the sink by SinkName or by SNSTopicArn (one of them).")
+    if sink_name is not None:
+        with context.catalog.transaction() as session:
+            sns_topic_arn = get_sink_row(session, expect_str(sink_name, "SinkName")).arn
+    put_backup_vault_notifications(
+        context,
+        backup_vault_name,
+        sns_topic_arn=sns_topic_arn,
+        backup_vault_events=backup_vault_events,
+        failures_only=failures_only,
+    )
+    return get_backup_vault_notification_settings(context, backup_vault_name)
+
+
+def get_backup_vault_notification_settings(context: ServiceContext, backup_vault_name: str) -> dict[str, Any]:
+    """AWS's Get answer plus FailuresOnly and the SinkName the topic ARN names (None if no sink has it)."""
+    answer = get_backup_vault_notifications(context, backup_vault_name)
+    with context.catalog.transaction() as session:
+        vault = get_vault_row(session, backup_vault_name)
+        sink = session.scalars(
+            select(NotificationSink.name).where(NotificationSink.arn == answer["SNSTopicArn"])
+        ).first()
+        failures_only = bool((vault.notifications or {}).get("FailuresOnly"))
+    return {**answer, "SinkName": sink, "FailuresOnly": failures_only}
 
 
 def _set_vault_setting(

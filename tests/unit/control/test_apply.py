@@ -297,9 +297,15 @@ def test_the_example_file_is_valid() -> None:
         document,
         iam_role="arn:aws:iam::000000000000:role/backup",
         vault_arn=lambda name, _where: f"arn:aws:backup:local:000000000000:backup-vault:{name}",
+        environ={"OPS_HOOK_KEY": "hook-key", "SMTP_PASSWORD": "smtp-password"},
     )
     assert [plan.name for plan in config.plans] == ["daily", "hourly-databases"]
     assert {vault.name for vault in config.vaults} == {"main", "offsite-main"}
+    assert [sink.name for sink in config.notification_sinks] == ["ops-webhook", "ops-chat", "ops-mail"]
+    assert {vault.notifications.sink for vault in config.vaults if vault.notifications} == {
+        "ops-webhook",
+        "ops-mail",
+    }
 
 
 def test_cli_apply_reads_yaml_reports_json_and_names_the_file_on_errors(tmp_path: Path) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from control_helpers import FakeClock
+from notification_helpers import Mailbox, Receiver, free_port
 
 from backvault.control.context import ServiceContext
 from backvault.control.events import EventType, record_event
@@ -33,52 +31,6 @@ from backvault.control.vaults import create_backup_vault
 from backvault.domain.errors import AlreadyExistsException, InvalidParameterValueException
 
 HMAC_KEY = "webhook-hmac-key-never-logged"
-
-
-class Receiver:
-    """A local HTTP endpoint that records POSTs and answers with a settable status."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers.items()), body))
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Mailbox:
-    """An aiosmtpd handler keeping what it receives."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope)
-        return "250 OK"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -174,7 +126,7 @@ def test_failures_only_sink_skips_successes_and_slack_gets_text(
 
 def test_email_sink_sends_through_smtp(context: ServiceContext) -> None:
     mailbox = Mailbox()
-    port = _free_port()
+    port = free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:

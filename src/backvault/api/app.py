@@ -87,9 +87,9 @@ def create_app(
         version="1",
         description=(
             "backvault's own endpoints under /backvault/ (storage locations, source endpoints, discovery, "
-            "users and access keys). Requests are signed with AWS Signature V4 (service 'backup', region "
-            f"'{region}'). The AWS Backup API itself is served at its usual paths; see botocore's 'backup' "
-            "service model."
+            "notification sinks and deliveries, users and access keys). Requests are signed with AWS "
+            f"Signature V4 (service 'backup', region '{region}'). The AWS Backup API itself is served at its "
+            "usual paths; see botocore's 'backup' service model."
         ),
     )
     state = ApiState(context, region, throttle or Throttle(), backup_protocol())

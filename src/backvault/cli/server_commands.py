@@ -387,7 +387,7 @@ def apply(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     database_url: DatabaseUrlOption = None,
 ) -> None:
-    """Make locations, vaults, endpoints, plans and selections match FILE (idempotent)."""
+    """Make locations, vaults, endpoints, notification sinks, plans and selections match FILE (idempotent)."""
     from backvault.control.apply import apply_config
     from backvault.domain.errors import BackupServiceError
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export BACKVAULT_TEST_FAST_KDF ?= 1
 
-.PHONY: demo test lint typecheck unit services bench bench-quick clean system-deps
+.PHONY: demo demo-stop demo-repo test lint typecheck unit services bench bench-quick clean system-deps
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "installing $(PYTHON)"; apt-get update -qq && apt-get install -y -qq python3.11 python3.11-venv; }
@@ -30,7 +30,18 @@ services:
 
 test: lint typecheck services unit
 
+# The service end to end: a server on 127.0.0.1:8787 (BACKVAULT_DEMO_PORT=N for another port), a
+# sample tree and SQLite database backed up, restored and verified; state in .demo/. Add
+# DEMO_ARGS=--keep-running to leave the server up for the dashboard, and `make demo-stop` later.
+DEMO_ARGS ?=
 demo: $(STAMP)
+	BACKVAULT_TEST_FAST_KDF=0 $(BIN)/python examples/server_demo.py $(DEMO_ARGS)
+
+demo-stop: $(STAMP)
+	$(BIN)/python examples/server_demo.py --stop
+
+# The repository engine alone through `backvault repo` (in .demo/repo-demo/, started over each run).
+demo-repo: $(STAMP)
 	BACKVAULT_TEST_FAST_KDF=0 $(BIN)/python examples/demo.py
 
 # Benchmarks against restic and borg (not part of `make test`: they take minutes).
@@ -44,4 +55,5 @@ bench-quick: $(STAMP) system-deps
 	BACKVAULT_TEST_FAST_KDF=0 $(BIN)/python bench/compare_engines.py --size-mb 128
 
 clean:
+	-[ -x $(BIN)/python ] && $(BIN)/python examples/server_demo.py --stop
 	rm -rf $(VENV) .demo bench/work .pytest_cache .mypy_cache .ruff_cache .hypothesis

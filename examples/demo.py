@@ -1,6 +1,6 @@
 """`make demo`: the repository engine end to end through the real CLI.
 
-Builds a small sample tree, initialises a repository under .demo/, backs the tree up,
+Builds a small sample tree, initialises a repository under .demo/repo-demo/, backs the tree up,
 changes it, backs it up again (only the change is stored), restores the first snapshot,
 verifies every byte against the original, and runs a full data check.
 """
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
+DEMO = ROOT / ".demo" / "repo-demo"  # apart from the server demo's state in .demo/
 DATASET = ROOT.parent / "shared" / "bench" / "gen_dataset.py"
 
 
@@ -86,7 +86,7 @@ def main() -> None:
     print(f"verified: snapshot {first} restored byte-identically to {restored_tree}")
     run("repo", "check", "--read-data", env=env)
     run("repo", "stats", env=env)
-    print("demo complete: repository at .demo/repo")
+    print("demo complete: repository at .demo/repo-demo/repo")
 
 
 if __name__ == "__main__":

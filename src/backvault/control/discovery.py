@@ -7,7 +7,9 @@ location), native tags (the endpoint's defaults overlaid by the resource's own) 
 stamps on every resource it saw, so a resource is *vanished* exactly when its ``last_seen_date`` is
 older than its endpoint's last discovery: such rows are kept (their recovery points outlive them,
 as in AWS) and reported once with RESOURCE_VANISHED; new and reappearing ones get
-RESOURCE_DISCOVERED.
+RESOURCE_DISCOVERED. An endpoint ``discover_all`` cannot discover keeps its resources as they were
+and gets one SOURCE_ENDPOINT_DISCOVERY_FAILED event per outage (the first failure since its last
+successful discovery).
 
 S3 bucket ARNs carry no endpoint (``arn:aws:s3:::BUCKET``), so a bucket of the same name behind two
 endpoints would be two resources under one ARN: the second endpoint's discovery is refused while
@@ -28,7 +30,7 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
-from backvault.control.catalog.activity import Job, RecoveryPoint
+from backvault.control.catalog.activity import Event, Job, RecoveryPoint
 from backvault.control.catalog.models import ProtectedResource, SourceEndpoint
 from backvault.control.context import ServiceContext
 from backvault.control.endpoints import endpoint_spec, get_endpoint_row
@@ -88,7 +90,28 @@ def discover_all(context: ServiceContext) -> dict[str, Any]:
         except BackupServiceError as error:
             logger.warning("discovery of endpoint %s failed: %s", name, error.message)
             errors.append({"EndpointName": name, "ErrorCode": error.code, "Message": error.message})
+            _record_failure(context, name, error)
     return {"Endpoints": results, "Errors": errors}
+
+
+def _record_failure(context: ServiceContext, endpoint_name: str, error: BackupServiceError) -> None:
+    """Record SOURCE_ENDPOINT_DISCOVERY_FAILED once per outage (the first failure since the last success)."""
+    now = context.now()
+    with context.catalog.transaction() as session:
+        endpoint = session.get(SourceEndpoint, endpoint_name)
+        if endpoint is None:
+            return
+        since = endpoint.last_discovery_date or endpoint.creation_date
+        earlier = session.scalars(
+            select(Event.detail).where(
+                Event.event_type == EventType.SOURCE_ENDPOINT_DISCOVERY_FAILED.value,
+                Event.occurred_at >= since,
+            )
+        )
+        if any((detail or {}).get("EndpointName") == endpoint_name for detail in earlier):
+            return  # already reported; the log keeps saying it on every failed attempt
+        detail = {**_detail(endpoint), "ErrorCode": error.code, "Message": error.message}
+        record_event(session, EventType.SOURCE_ENDPOINT_DISCOVERY_FAILED, now, detail=detail)
 
 
 def _reconcile(

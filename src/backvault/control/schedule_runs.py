@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,6 +47,8 @@ class RuleWork:
     rule: BackupRule
     rule_id: str
     anchor: datetime
+    # The earliest scheduled time due (the scheduler rediscovers unless discovery started after it).
+    first_due: datetime | None = None
 
 
 @dataclass
@@ -107,7 +109,7 @@ def rules_with_due_runs(context: ServiceContext) -> list[RuleWork]:
                 )
                 upcoming = rule.next_run_after(evaluation_start(item, start), anchor=item.anchor)
                 if upcoming is not None and upcoming <= now:
-                    work.append(item)
+                    work.append(replace(item, first_due=upcoming))
     return work
 
 

@@ -16,11 +16,15 @@ Jobs also carry an idempotency token derived from plan, rule, resource and sched
 ``rate()`` rules count periods from the creation of the plan's current version (the moment the rule
 took its present form, as ``GetBackupPlan``'s preview does): updating a plan restarts them.
 
-Resources are resolved at each run against the protected-resources table (kept current by
-discovery, which the scheduler runs when it is stale and before any due run), so a resource that
-appears with a selected tag is backed up on the next run without anyone touching the plan. A
-resource that already has an unfinished backup job gets no second one; that run is skipped for it
-and recorded.
+Resources are resolved at each run against the protected-resources table, kept current by
+discovery, which the scheduler runs every ``discovery_interval`` and also before acting on a due run
+whenever the last discovery started before that run's scheduled time. So a resource created with a
+selected tag any time before a run, even seconds before it, is backed up by that run without anyone
+touching the plan. An endpoint that cannot be discovered (unreachable, refused credentials) does not
+hold the run up: the others' resources are resolved as usual, its known resources still get their
+jobs (which fail with the connector's reason), and the failure is logged, listed in the tick's
+errors and recorded once per outage as a SOURCE_ENDPOINT_DISCOVERY_FAILED event. A resource that
+already has an unfinished backup job gets no second one; that run is skipped for it and recorded.
 """
 
 from __future__ import annotations
@@ -64,8 +68,6 @@ logger = logging.getLogger(__name__)
 LEASE_NAME = "scheduler"
 DEFAULT_DISCOVERY_INTERVAL = timedelta(minutes=15)
 DEFAULT_LIFECYCLE_INTERVAL = timedelta(minutes=5)
-# Discovery that ran this recently counts as fresh for a due run too.
-DISCOVERY_FRESH_FOR_RUNS = timedelta(minutes=1)
 _T = TypeVar("_T")
 
 
@@ -137,7 +139,7 @@ class Scheduler:
             return result
         try:
             work = rules_with_due_runs(self.context)
-            if self._discovery_due(bool(work)):
+            if self._discovery_due(work):
                 result.discovery_ran = self._run_discovery(result)
                 self._renew()  # discovery can take a while: hold on to the lease before acting on it
             for item in work:
@@ -292,18 +294,23 @@ class Scheduler:
 
     # --- chores ----------------------------------------------------------------------------------
 
-    def _discovery_due(self, runs_due: bool) -> bool:
-        if self._last_discovery is None:
+    def _discovery_due(self, work: list[RuleWork]) -> bool:
+        last = self._last_discovery
+        if last is None or self.context.now() - last >= self.discovery_interval:
             return True
-        age = self.context.now() - self._last_discovery
-        return age >= self.discovery_interval or (runs_due and age >= DISCOVERY_FRESH_FOR_RUNS)
+        # A due run must see every resource created before its scheduled time: a discovery that
+        # started before that time may have missed one (once per scheduled time, so it stays cheap).
+        due = [item.first_due for item in work if item.first_due is not None]
+        return bool(due) and last < min(due)
 
     def _run_discovery(self, result: TickResult) -> bool:
         discover_all = optional_function("backvault.control.discovery", "discover_all")
         self._last_discovery = self.context.now()
         if discover_all is None:
             return False
-        _guarded(result, "discovery", discover_all, self.context)
+        outcome = _guarded(result, "discovery", discover_all, self.context)
+        for failure in (outcome or {}).get("Errors", []):
+            result.errors.append(f"discovery of endpoint {failure['EndpointName']}: {failure['Message']}")
         return True
 
     def _expire_jobs(self) -> int:

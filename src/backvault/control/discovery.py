@@ -11,6 +11,11 @@ RESOURCE_DISCOVERED. An endpoint ``discover_all`` cannot discover keeps its reso
 and gets one SOURCE_ENDPOINT_DISCOVERY_FAILED event per outage (the first failure since its last
 successful discovery).
 
+Scratch copies of restore tests are never discovered, so they are never backed up or counted as
+unprotected while a test holds them (they may carry the original's tags): names starting with
+``bvtest-`` are reserved for them, and a copy under another name (a Redis database the restore chose)
+is recognised by its restore job's CreatedResourceArn until its test is finished.
+
 S3 bucket ARNs carry no endpoint (``arn:aws:s3:::BUCKET``), so a bucket of the same name behind two
 endpoints would be two resources under one ARN: the second endpoint's discovery is refused while
 the first still sees the bucket.
@@ -32,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from backvault.control.catalog.activity import Event, Job, RecoveryPoint
 from backvault.control.catalog.models import ProtectedResource, SourceEndpoint
+from backvault.control.catalog.restore_testing_models import SCRATCH_PREFIX, TEST_COMPLETED, RestoreTest
 from backvault.control.context import ServiceContext
 from backvault.control.endpoints import endpoint_spec, get_endpoint_row
 from backvault.control.events import EventType, record_event
@@ -73,7 +79,25 @@ def discover_endpoint(context: ServiceContext, endpoint_name: str) -> dict[str, 
         by_arn[arn] = resource
     with context.catalog.transaction() as session:
         endpoint_row = get_endpoint_row(session, spec.name, for_update=True)
-        return _reconcile(session, context, endpoint_row, by_arn)
+        scratch = _scratch_copies(session, spec.name)
+        kept = {
+            arn: item for arn, item in by_arn.items() if arn not in scratch and not _scratch_name(item.name)
+        }
+        return _reconcile(session, context, endpoint_row, kept)
+
+
+def _scratch_name(name: str) -> bool:
+    return name.rstrip("/").rsplit("/", 1)[-1].startswith(SCRATCH_PREFIX)
+
+
+def _scratch_copies(session: Session, endpoint_name: str) -> set[str]:
+    """ARNs of the copies that unfinished restore tests restored behind this endpoint."""
+    parameters = session.scalars(
+        select(Job.parameters)
+        .join(RestoreTest, RestoreTest.restore_job_id == Job.id)
+        .where(RestoreTest.endpoint_name == endpoint_name, RestoreTest.state != TEST_COMPLETED)
+    )
+    return {str(item["CreatedResourceArn"]) for item in parameters if item and item.get("CreatedResourceArn")}
 
 
 def discover_all(context: ServiceContext) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from backvault.control.catalog.activity import JobType, RecoveryPoint
 from backvault.control.catalog.models import BackupVault, ProtectedResource, StorageLocation
-from backvault.control.catalog.restore_testing_models import RestoreTest
+from backvault.control.catalog.restore_testing_models import SCRATCH_PREFIX, RestoreTest
 from backvault.control.catalog.restore_testing_models import RestoreTestingPlan as PlanRow
 from backvault.control.catalog.restore_testing_models import RestoreTestingSelection as SelectionRow
 from backvault.control.context import ServiceContext
@@ -87,7 +87,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SCRATCH_DIRECTORY_VARIABLE = "BACKVAULT_RESTORE_TEST_DIR"
-SCRATCH_PREFIX = "bvtest-"
 RESTORABLE_STATES = ("COMPLETED", "PARTIAL", "AVAILABLE")
 MAX_RESOURCES_PER_SELECTION = 100
 _random = random.SystemRandom()

@@ -10,7 +10,8 @@ import pytest
 from control_helpers import FakeClock
 from sqlalchemy import select
 
-from backvault.control.catalog import Event, ProtectedResource
+from backvault.control.catalog import Event, Job, ProtectedResource
+from backvault.control.catalog.restore_testing_models import RestoreTest
 from backvault.control.context import ServiceContext
 from backvault.control.discovery import (
     _reconcile,
@@ -195,3 +196,48 @@ def test_an_s3_bucket_behind_two_endpoints_is_refused(context: ServiceContext) -
     with context.catalog.transaction() as session:
         _reconcile(session, context, get_endpoint_row(session, "s3-two", for_update=True), found)
     assert resources(context)[arn].endpoint_name == "s3-two"
+
+
+def test_restore_test_scratch_copies_are_never_discovered(
+    context: ServiceContext, endpoint: str, root: Path, clock: FakeClock
+) -> None:
+    # A copy named by a restore test carries the original's tags file: it must not become a resource.
+    shutil.copytree(root / "photos", root / "bvtest-1a2b3c")
+    # A copy under a name the restore chose is known by its restore job while its test is unfinished.
+    (root / "restored-photos").mkdir()
+    copy_arn = f"{PREFIX}/restored-photos"
+    with context.catalog.transaction() as session:
+        session.add(
+            Job(
+                id="job-1",
+                job_type="RESTORE",
+                state="COMPLETED",
+                parameters={"CreatedResourceArn": copy_arn},
+                creation_date=clock.current,
+            )
+        )
+        session.add(
+            RestoreTest(
+                id="test-1",
+                plan_id="plan-1",
+                plan_name="plan",
+                plan_arn="arn:aws:backup:local:000000000000:restore-testing-plan:plan-1",
+                selection_name="selection",
+                scheduled_time=clock.current,
+                resource_arn=f"{PREFIX}/photos",
+                resource_type="Filesystem",
+                restore_job_id="job-1",
+                state="VALIDATING",
+                endpoint_name=endpoint,
+                creation_time=clock.current,
+            )
+        )
+    discover_endpoint(context, endpoint)
+    assert sorted(resources(context)) == [f"{PREFIX}/docs", f"{PREFIX}/photos"]
+
+    with context.catalog.transaction() as session:
+        test = session.get(RestoreTest, "test-1")
+        assert test is not None
+        test.state = "COMPLETED"
+    discover_endpoint(context, endpoint)  # a finished test's copy is an ordinary directory again
+    assert sorted(resources(context)) == [f"{PREFIX}/docs", f"{PREFIX}/photos", copy_arn]

@@ -63,6 +63,12 @@ class RestoreTestingSelection(Base):
     validation_hook: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
 
 
+# Restore tests name their scratch copies with this prefix; discovery never takes such a name for a resource.
+SCRATCH_PREFIX = "bvtest-"
+# A finished test (its scratch copy deleted, or given up on).
+TEST_COMPLETED = "COMPLETED"
+
+
 class RestoreTest(Base):
     """One restore test: a resource's recovery point restored into a scratch target, validated, removed."""
 

@@ -53,7 +53,7 @@ RECOVERY_POINTS_MODULE = "backvault.control.recovery_points"
 
 
 def _run_backup(run: JobRun) -> JobResult:
-    from backvault.control.backup_jobs import run_backup_job
+    from backvault.control.backup_handler import run_backup_job
 
     return run_backup_job(run)
 

@@ -10,11 +10,10 @@ import pytest
 from control_helpers import ROLE, FakeClock
 from sqlalchemy import select
 
-from backvault.control import backup_jobs
+from backvault.control import backup_handler
 from backvault.control.backup_jobs import (
     describe_backup_job,
     list_backup_jobs,
-    point_tag,
     start_backup_job,
     stop_backup_job,
 )
@@ -30,7 +29,7 @@ from backvault.control.job_engine import (
     create_job,
     request_stop,
 )
-from backvault.control.job_handlers import HANDLERS
+from backvault.control.job_handlers import HANDLERS, point_tag
 from backvault.control.vault_settings import put_backup_vault_lock_configuration
 from backvault.control.vaults import create_backup_vault, open_vault_repository
 from backvault.control.worker import Worker
@@ -260,11 +259,11 @@ def test_stop_before_start_aborts_at_once(setup: ServiceContext) -> None:
 def test_stop_while_running_leaves_no_point_and_a_clean_repository(setup: ServiceContext) -> None:
     job_id = start_backup_job(setup, "main", PHOTOS, ROLE)["BackupJobId"]
 
-    def stop_then_back_up(run: JobRun) -> backup_jobs.JobResult:
+    def stop_then_back_up(run: JobRun) -> backup_handler.JobResult:
         with setup.catalog.transaction() as session:
             request_stop(session, setup, run.job_id)  # RUNNING -> ABORTING, seen at the first heartbeat
         run.min_heartbeat_seconds = 0  # this backup takes less than the worker's heartbeat interval
-        return backup_jobs.run_backup_job(run)
+        return backup_handler.run_backup_job(run)
 
     handlers = {**HANDLERS, JobType.BACKUP: stop_then_back_up}
     assert Worker(setup, worker_id="stopper", handlers=handlers).run_once()
@@ -280,7 +279,7 @@ def test_a_retry_adopts_the_snapshot_an_interrupted_attempt_committed(
     setup: ServiceContext, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job_id = start_backup_job(setup, "main", PHOTOS, ROLE)["BackupJobId"]
-    original = backup_jobs._record_point
+    original = backup_handler._record_point
     calls: list[int] = []
 
     def crash_first(*args: object) -> None:
@@ -289,7 +288,7 @@ def test_a_retry_adopts_the_snapshot_an_interrupted_attempt_committed(
             raise RetryableJobError("the catalog went away")
         original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(backup_jobs, "_record_point", crash_first)
+    monkeypatch.setattr(backup_handler, "_record_point", crash_first)
     fast = RetryPolicy(max_attempts=3, base_delay_seconds=1, max_delay_seconds=1)
     assert Worker(setup, worker_id="w", handlers=HANDLERS, retry_policy=fast).run_once()
     assert describe_backup_job(setup, job_id)["State"] == "PENDING"
@@ -346,7 +345,7 @@ class _SkippingConnector(FilesystemConnector):
 
 def test_partial_backup_gives_a_partial_job(setup: ServiceContext, monkeypatch: pytest.MonkeyPatch) -> None:
     # Root reads every file, so the skipped item is simulated at the connector boundary.
-    monkeypatch.setattr(backup_jobs, "get_connector", lambda _type: _SkippingConnector())
+    monkeypatch.setattr(backup_handler, "get_connector", lambda _type: _SkippingConnector())
     job_id = start_backup_job(setup, "main", PHOTOS, ROLE)["BackupJobId"]
     assert worker(setup).run_once()
     job = describe_backup_job(setup, job_id)

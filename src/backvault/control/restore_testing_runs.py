@@ -1,7 +1,8 @@
 """The restore testing runner: starts the tests of due plans; ``restore_testing_checks`` finishes them.
 
 Modules: ``restore_testing`` (plans and selections), ``restore_testing_documents`` (their checks),
-this one (starting tests), ``restore_testing_checks`` (validating and cleaning up),
+this one (starting tests), ``restore_testing_scratch`` (where they restore),
+``restore_testing_checks`` (validating and cleaning up),
 ``restore_testing_hooks`` (user hooks) and ``restore_testing_results`` (PutRestoreValidationResult
 and the test history).
 
@@ -27,22 +28,19 @@ run whose start window (StartWindowHours) has passed.
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
 import random
 import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backvault.control.catalog.activity import JobType, RecoveryPoint
-from backvault.control.catalog.models import BackupVault, ProtectedResource, StorageLocation
-from backvault.control.catalog.restore_testing_models import SCRATCH_PREFIX, RestoreTest
+from backvault.control.catalog.models import BackupVault, ProtectedResource
+from backvault.control.catalog.restore_testing_models import RestoreTest
 from backvault.control.catalog.restore_testing_models import RestoreTestingPlan as PlanRow
 from backvault.control.catalog.restore_testing_models import RestoreTestingSelection as SelectionRow
 from backvault.control.context import ServiceContext
@@ -50,7 +48,6 @@ from backvault.control.endpoints import endpoint_spec
 from backvault.control.events import record_event
 from backvault.control.job_engine import create_job
 from backvault.control.job_handlers import close_repository, load_snapshot, open_point_repository
-from backvault.control.locations import LOCAL
 from backvault.control.restore_testing import get_plan_row
 from backvault.control.restore_testing_checks import (
     TEST_FAILED_EVENT,
@@ -60,7 +57,8 @@ from backvault.control.restore_testing_checks import (
 )
 from backvault.control.restore_testing_documents import TAG_CONDITION_PREFIX
 from backvault.control.restore_testing_results import put_restore_validation_result
-from backvault.domain.arn import ResourceType, parse_resource_arn
+from backvault.control.restore_testing_scratch import scratch_target
+from backvault.domain.arn import parse_resource_arn
 from backvault.domain.errors import (
     BackupServiceError,
     InvalidRequestException,
@@ -70,7 +68,7 @@ from backvault.domain.errors import (
 from backvault.domain.schedule import parse_schedule
 from backvault.domain.selection import wildcard_match
 from backvault.repo.errors import RepositoryError
-from backvault.sources.base import ConnectorError, EndpointSpec, get_connector
+from backvault.sources.base import ConnectorError, get_connector
 from backvault.storage.base import StorageError
 
 __all__ = [
@@ -86,7 +84,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCRATCH_DIRECTORY_VARIABLE = "BACKVAULT_RESTORE_TEST_DIR"
 RESTORABLE_STATES = ("COMPLETED", "PARTIAL", "AVAILABLE")
 MAX_RESOURCES_PER_SELECTION = 100
 _random = random.SystemRandom()
@@ -412,56 +409,6 @@ def _prepare(context: ServiceContext, candidate: Candidate, overrides: dict[str,
     metadata["EndpointName"] = spec.name
     prepared.metadata = metadata
     return prepared
-
-
-def scratch_target(
-    context: ServiceContext, spec: EndpointSpec, defaults: dict[str, str], short_id: str
-) -> tuple[dict[str, str], str | None, bool]:
-    """Restore metadata naming a new scratch copy; also its name and whether that name is the test's own."""
-    metadata = dict(defaults)
-    name = f"{SCRATCH_PREFIX}{short_id}"
-    kind = spec.endpoint_type
-    if kind == ResourceType.FILESYSTEM:
-        path = os.path.join(scratch_directory(context, spec), name)
-        metadata.update({"TargetPath": path, "Overwrite": "false"})
-        return metadata, path, True
-    if kind in (ResourceType.POSTGRESQL, ResourceType.MYSQL):
-        metadata["DatabaseName"] = name
-        return metadata, name, True
-    if kind == ResourceType.SQLITE:
-        original = defaults.get("DatabasePath") or "restored.db"
-        suffix = posixpath.splitext(original)[1] or ".db"
-        path = posixpath.join(posixpath.dirname(original), name + suffix)
-        metadata["DatabasePath"] = path
-        return metadata, path, True
-    if kind == ResourceType.S3:
-        metadata.update({"TargetBucket": name, "TargetPrefix": "", "NewBucket": "true", "Overwrite": "false"})
-        return metadata, name, True
-    if kind == ResourceType.DYNAMODB:
-        metadata["TargetTableName"] = name
-        return metadata, name, True
-    # Redis restores into a free database index the connector picked: not a name the test owns, so
-    # only a copy the restore reports is ever deleted.
-    if "Overwrite" in metadata:
-        metadata["Overwrite"] = "false"
-    return metadata, None, False
-
-
-def scratch_directory(context: ServiceContext, spec: EndpointSpec) -> str:
-    """Where Filesystem tests restore: $BACKVAULT_RESTORE_TEST_DIR, else DATA_DIR/restore-tests.
-
-    The data directory is the one holding the default local location (``DATA_DIR/vaults``); with an
-    S3 default location, a hidden directory in the endpoint's root is used (discovery skips it).
-    """
-    configured = os.environ.get(SCRATCH_DIRECTORY_VARIABLE)
-    if configured:
-        return os.path.abspath(configured)
-    with context.catalog.transaction() as session:
-        location = session.get(StorageLocation, context.default_location)
-        path = location.path if location is not None and location.location_type == LOCAL else None
-    if path:
-        return str(Path(path).absolute().parent / "restore-tests")
-    return os.path.join(str(spec.connection.get("root") or "/"), ".backvault-restore-tests")
 
 
 def _create_test(

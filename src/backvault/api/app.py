@@ -13,7 +13,6 @@ service model is their specification).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 import uuid
@@ -30,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backvault.api.auth import Principal, authenticate_request, authorize, require_action
 from backvault.api.dashboard import dashboard_router
 from backvault.api.extension_routes import extension_router
+from backvault.api.identity_routes import router as identity_router
 from backvault.api.operations import operation_handler
 from backvault.api.protocol import (
     RestJsonProtocol,
@@ -102,7 +102,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.include_router(extension_router(state))
-    _include_identity_routes(app)
+    app.include_router(identity_router)
     app.add_api_route(
         "/backvault/metrics",
         _metrics_endpoint,
@@ -116,16 +116,6 @@ def create_app(
         "/{aws_path:path}", _aws_endpoint, methods=ALL_METHODS, include_in_schema=False, name="aws-backup"
     )
     return app
-
-
-def _include_identity_routes(app: FastAPI) -> None:
-    try:
-        identity_routes = importlib.import_module("backvault.api.identity_routes")
-    except ModuleNotFoundError as error:
-        if error.name == "backvault.api.identity_routes":
-            return  # users and keys are managed with the CLI until the routes exist
-        raise
-    app.include_router(identity_routes.router)
 
 
 async def _metrics_endpoint(request: Request) -> Response:

@@ -17,7 +17,6 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -180,18 +179,9 @@ def _storage_location_routes(router: APIRouter, state: ApiState) -> None:
 # --- source endpoints and discovery -----------------------------------------------------------------
 
 
-def _optional_module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name == name:
-            return None
-        raise
-
-
 def _service(module_name: str, function_name: str) -> Callable[..., Any]:
-    module = _optional_module(f"backvault.control.{module_name}")
-    function: Callable[..., Any] | None = getattr(module, function_name, None) if module else None
+    module = importlib.import_module(f"backvault.control.{module_name}")
+    function: Callable[..., Any] | None = getattr(module, function_name, None)
     if function is None or not callable(function):
         raise UnsupportedOperationException(
             f"This backvault server has no {module_name.replace('_', ' ')} service ({function_name})."

@@ -162,14 +162,7 @@ def _service_function(operation_name: str) -> Callable[..., dict[str, Any]] | No
     module_name = SERVICE_MODULES.get(operation_name)
     if module_name is None:
         return None
-    qualified = f"backvault.control.{module_name}"
-    try:
-        module = importlib.import_module(qualified)
-    except ModuleNotFoundError as error:
-        # Only a missing service module means "not built yet"; a broken import inside it is a bug.
-        if error.name is not None and qualified.startswith(error.name):
-            return None
-        raise
+    module = importlib.import_module(f"backvault.control.{module_name}")
     function = getattr(module, snake_case(operation_name), None)
     return function if callable(function) else None
 

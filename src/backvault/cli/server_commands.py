@@ -261,14 +261,10 @@ def _start_metrics(context: Any, address: tuple[str, int], token: str | None) ->
 
 
 def _start_api(context: Any, address: tuple[str, int]) -> tuple[Any, threading.Thread] | None:
-    """Serve backvault.api.app.create_app(context) with uvicorn in a thread, if the API exists."""
-    from backvault.control.scheduler import optional_function
-
-    create_app = optional_function("backvault.api.app", "create_app")
-    if create_app is None:
-        logger.warning("this backvault has no HTTP API yet (backvault.api.app); --listen is ignored")
-        return None
+    """Serve backvault.api.app.create_app(context) with uvicorn in a thread."""
     import uvicorn
+
+    from backvault.api.app import create_app
 
     config = uvicorn.Config(
         create_app(context),

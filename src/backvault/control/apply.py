@@ -43,7 +43,6 @@ from backvault.control.apply_report import (
     CREATE,
     DELETE,
     REFUSED,
-    SKIPPED,
     UNCHANGED,
     UPDATE,
     ApplyChange,
@@ -57,9 +56,13 @@ from backvault.control.catalog.models import BackupPlan as PlanRow
 from backvault.control.catalog.models import BackupPlanVersion, BackupSelection, BackupVault, StorageLocation
 from backvault.control.catalog.models import SourceEndpoint as EndpointRow
 from backvault.control.context import ServiceContext
+from backvault.control.endpoints import (
+    delete_source_endpoint,
+    register_source_endpoint,
+    update_source_endpoint,
+)
 from backvault.control.locations import create_storage_location, delete_storage_location
 from backvault.control.plans import create_backup_plan, delete_backup_plan, get_plan_row, update_backup_plan
-from backvault.control.scheduler import optional_function
 from backvault.control.selections import create_backup_selection, delete_backup_selection
 from backvault.control.vault_settings import put_backup_vault_lock_configuration
 from backvault.control.vaults import create_backup_vault, delete_backup_vault, get_vault_row
@@ -69,8 +72,6 @@ from backvault.domain.errors import (
     InvalidParameterValueException,
     InvalidRequestException,
 )
-
-_ENDPOINTS_MODULE = "backvault.control.endpoints"
 
 
 def default_iam_role(context: ServiceContext) -> str:
@@ -315,13 +316,6 @@ def _endpoint_steps(
     prune: bool,
     removals: list[Step],
 ) -> list[Step]:
-    register = optional_function(_ENDPOINTS_MODULE, "register_source_endpoint")
-    if register is None:
-        message = "this backvault has no source endpoints (backvault.control.endpoints is missing)"
-        return [Step(ApplyChange("endpoint", spec.name, SKIPPED, message)) for spec in specs]
-    update = optional_function(_ENDPOINTS_MODULE, "update_source_endpoint")
-    delete = optional_function(_ENDPOINTS_MODULE, "delete_source_endpoint")
-    assert update is not None and delete is not None
     rows = {row.name: row for row in session.scalars(select(EndpointRow))}
     steps: list[Step] = []
     for spec in specs:
@@ -330,7 +324,7 @@ def _endpoint_steps(
 
             def create(spec: EndpointSpec = spec) -> object:
                 with at(spec.where):
-                    return register(
+                    return register_source_endpoint(
                         context,
                         spec.name,
                         spec.endpoint_type,
@@ -365,7 +359,7 @@ def _endpoint_steps(
 
         def change(spec: EndpointSpec = spec) -> object:
             with at(spec.where):
-                return update(
+                return update_source_endpoint(
                     context,
                     spec.name,
                     connection=dict(spec.connection),
@@ -376,7 +370,7 @@ def _endpoint_steps(
         steps.append(Step(ApplyChange("endpoint", spec.name, UPDATE, ", ".join(changes)), change))
     declared = {spec.name for spec in specs}
     for name in sorted(set(rows) - declared):
-        removals.append(absent_step("endpoint", name, prune, partial(delete, context, name)))
+        removals.append(absent_step("endpoint", name, prune, partial(delete_source_endpoint, context, name)))
     return steps
 
 

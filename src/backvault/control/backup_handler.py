@@ -26,12 +26,10 @@ from backvault.control.job_engine import (
     PermanentJobError,
 )
 from backvault.control.job_handlers import (
-    COPY_JOBS_MODULE,
     classified,
     close_repository,
     load_snapshot,
     new_point_id,
-    optional_function,
     point_tag,
     verify_snapshot,
 )
@@ -233,9 +231,8 @@ def _queue_copies(
     actions = [dict(action) for action in parameters.get("CopyActions") or []]
     if not actions:
         return 0, []
-    create_copy_job = optional_function(COPY_JOBS_MODULE, "create_copy_job")
-    if create_copy_job is None:
-        return 0, [f"{len(actions)} copy action(s) not started: this installation cannot run copy jobs"]
+    from backvault.control.copy_jobs import create_copy_job  # copy_jobs imports this module's callers
+
     created, problems = 0, []
     for index, action in enumerate(actions):
         destination = str(action.get("DestinationBackupVaultArn"))

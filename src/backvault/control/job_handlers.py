@@ -10,10 +10,9 @@ makes that call for the exceptions the layers below raise.
 
 from __future__ import annotations
 
-import importlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -34,7 +33,6 @@ from backvault.control.job_engine import (
     RetryableJobError,
 )
 from backvault.control.pagination import decode_token, encode_token, page_size
-from backvault.control.vaults import open_vault_repository
 from backvault.domain.errors import (
     BackupServiceError,
     DependencyFailureException,
@@ -47,9 +45,6 @@ from backvault.repo.repository import Repository, verify_named_object
 from backvault.repo.snapshot import Snapshot
 from backvault.sources.base import ConnectorError, ConnectorStopped
 from backvault.storage.base import ObjectNotFoundError, StorageError
-
-COPY_JOBS_MODULE = "backvault.control.copy_jobs"
-RECOVERY_POINTS_MODULE = "backvault.control.recovery_points"
 
 
 def _run_backup(run: JobRun) -> JobResult:
@@ -65,13 +60,9 @@ def _run_restore(run: JobRun) -> JobResult:
 
 
 def _run_copy(run: JobRun) -> JobResult:
-    handler = optional_function(COPY_JOBS_MODULE, "run_copy_job")
-    if handler is None:
-        raise PermanentJobError(
-            "Copy jobs cannot run: this installation has no copy job handler (backvault.control.copy_jobs)."
-        )
-    result: JobResult = handler(run)
-    return result
+    from backvault.control.copy_jobs import run_copy_job
+
+    return run_copy_job(run)
 
 
 HANDLERS: dict[JobType, JobHandler] = {
@@ -82,18 +73,6 @@ HANDLERS: dict[JobType, JobHandler] = {
 
 
 # --- shared by the handlers ------------------------------------------------------------------------
-
-
-def optional_function(module_name: str, function_name: str) -> Callable[..., Any] | None:
-    """Return ``module.function`` when that module is installed, else None."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and module_name.startswith(error.name):
-            return None
-        raise
-    function = getattr(module, function_name, None)
-    return function if callable(function) else None
 
 
 def job_error(error: BaseException, doing: str) -> BaseException | None:
@@ -131,12 +110,10 @@ def open_point_repository(
     context: ServiceContext, recovery_point_arn: str, vault_name: str, snapshot_id: str
 ) -> tuple[Repository, str]:
     """Open the repository holding a point now (its cold tier once moved) and the snapshot id in it."""
-    opener = optional_function(RECOVERY_POINTS_MODULE, "open_recovery_point_repository")
-    if opener is not None:
-        repository, point = opener(context, recovery_point_arn)
-        opened: Repository = repository
-        return opened, str(point.snapshot_id or snapshot_id)
-    return open_vault_repository(context, vault_name), snapshot_id
+    from backvault.control.recovery_points import open_recovery_point_repository
+
+    repository, point = open_recovery_point_repository(context, recovery_point_arn)
+    return repository, str(point.snapshot_id or snapshot_id)
 
 
 def load_snapshot(repository: Repository, snapshot_id: str) -> Snapshot:

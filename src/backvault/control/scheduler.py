@@ -29,7 +29,6 @@ already has an unfinished backup job gets no second one; that run is skipped for
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import uuid
@@ -46,9 +45,11 @@ from backvault.control.catalog.activity import Lease
 from backvault.control.catalog.models import BackupPlanVersion, ProtectedResource
 from backvault.control.catalog.scheduling import ScheduleMark
 from backvault.control.context import ServiceContext
+from backvault.control.discovery import discover_all
 from backvault.control.events import EventType, record_event
 from backvault.control.frameworks import evaluate_frameworks
 from backvault.control.job_engine import expire_overdue_jobs
+from backvault.control.lifecycle_engine import run_lifecycle
 from backvault.control.notifications import run_notifications
 from backvault.control.plans import get_plan_row, load_plan
 from backvault.control.schedule_runs import (
@@ -304,10 +305,7 @@ class Scheduler:
         return bool(due) and last < min(due)
 
     def _run_discovery(self, result: TickResult) -> bool:
-        discover_all = optional_function("backvault.control.discovery", "discover_all")
         self._last_discovery = self.context.now()
-        if discover_all is None:
-            return False
         outcome = _guarded(result, "discovery", discover_all, self.context)
         for failure in (outcome or {}).get("Errors", []):
             result.errors.append(f"discovery of endpoint {failure['EndpointName']}: {failure['Message']}")
@@ -321,10 +319,7 @@ class Scheduler:
         return last is None or self.context.now() - last >= self.lifecycle_interval
 
     def _run_lifecycle(self, result: TickResult) -> bool:
-        run_lifecycle = optional_function("backvault.control.lifecycle_engine", "run_lifecycle")
         self._last_lifecycle = self.context.now()
-        if run_lifecycle is None:
-            return False
         _guarded(result, "lifecycle", run_lifecycle, self.context)
         return True
 
@@ -346,15 +341,3 @@ def _guarded(result: TickResult, what: str, action: Callable[..., _T], *args: An
         logger.exception("scheduler: %s failed", what)
         result.errors.append(f"{what}: {error}")
         return None
-
-
-def optional_function(module_name: str, function_name: str) -> Callable[..., Any] | None:
-    """Return ``module.function`` if that module exists (a part another engineer may not have landed)."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            return None
-        raise  # the module exists but one of its imports is missing: that is a real error
-    function = getattr(module, function_name, None)
-    return function if callable(function) else None

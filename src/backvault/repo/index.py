@@ -19,6 +19,7 @@ from backvault.repo.crypto import AuthenticationError, Sealer
 from backvault.repo.pack import PackEntry
 
 INDEX_AAD = b"backvault index"
+_BLOB_TYPES = {int(blob_type): blob_type for blob_type in BlobType}
 
 
 class Location(NamedTuple):
@@ -59,9 +60,11 @@ def decode_index(data: bytes, sealer: Sealer) -> IndexDocument:
     try:
         plain = zstandard.ZstdDecompressor().decompress(sealer.open(data, INDEX_AAD))
         document = json.loads(plain)
+        types = _BLOB_TYPES  # a dict lookup instead of the enum's slower constructor
+        from_hex = bytes.fromhex
         packs = {
             item["id"]: [
-                PackEntry(BlobType(t), bytes.fromhex(blob_id), offset, length, raw)
+                PackEntry(types[t], from_hex(blob_id), offset, length, raw)
                 for t, blob_id, offset, length, raw in item["blobs"]
             ]
             for item in document["packs"]
@@ -100,7 +103,10 @@ class ChunkIndex:
         first = self._locations.get(blob_id)
         if first is None:
             return []
-        found = [first, *self._extra.get(blob_id, [])]
+        extra = self._extra.get(blob_id)
+        if extra is None:
+            return [first]
+        found = [first, *extra]
         return sorted(found, key=lambda loc: loc.pack_id in self.condemned_packs)
 
     def lookup(self, blob_id: bytes) -> Location | None:
@@ -110,7 +116,12 @@ class ChunkIndex:
 
     def has_live(self, blob_id: bytes) -> bool:
         """True when the blob is stored in a pack that prune has not condemned (safe to dedup against)."""
-        return any(loc.pack_id not in self.condemned_packs for loc in self.locations(blob_id))
+        first = self._locations.get(blob_id)
+        if first is None:
+            return False
+        if first.pack_id not in self.condemned_packs:
+            return True  # the usual answer, without building a list of locations
+        return any(loc.pack_id not in self.condemned_packs for loc in self._extra.get(blob_id, ()))
 
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._locations

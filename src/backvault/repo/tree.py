@@ -57,11 +57,21 @@ class Node:
 
     def to_json(self) -> dict[str, Any]:
         """Return the canonical JSON-able form, omitting defaults to keep trees small."""
-        out: dict[str, Any] = {}
+        # One call per entry of every new directory: built in one literal (key order does not
+        # matter, serialize sorts the keys).
+        out: dict[str, Any] = {
+            "type": self.type,
+            "mode": self.mode,
+            "uid": self.uid,
+            "gid": self.gid,
+            "mtime_ns": self.mtime_ns,
+            "atime_ns": self.atime_ns,
+            "ctime_ns": self.ctime_ns,
+            "inode": self.inode,
+            "device_id": self.device_id,
+            "size": self.size,
+        }
         _encode_bytes(out, "name", self.name)
-        out["type"] = self.type
-        for key in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "inode", "device_id", "size"):
-            out[key] = getattr(self, key)
         if self.user:
             out["user"] = self.user
         if self.group:
@@ -83,29 +93,36 @@ class Node:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Node:
         """Parse a node written by to_json."""
-        name = _decode_bytes(data, "name")
-        if name is None:
-            raise ValueError("tree node without a name")
+        # Hot in restores and incremental backups (one call per entry): plain lookups, no helpers.
+        get = data.get
+        name = get("name")
+        if name is not None:
+            name = str(name).encode("utf-8")
+        else:
+            name = _decode_bytes(data, "name")
+            if name is None:
+                raise ValueError("tree node without a name")
+        xattrs = get("xattrs")
         return cls(
-            name=name,
-            type=data["type"],
-            mode=int(data.get("mode", 0)),
-            uid=int(data.get("uid", 0)),
-            gid=int(data.get("gid", 0)),
-            user=str(data.get("user", "")),
-            group=str(data.get("group", "")),
-            mtime_ns=int(data.get("mtime_ns", 0)),
-            atime_ns=int(data.get("atime_ns", 0)),
-            ctime_ns=int(data.get("ctime_ns", 0)),
-            inode=int(data.get("inode", 0)),
-            device_id=int(data.get("device_id", 0)),
-            links=int(data.get("links", 1)),
-            size=int(data.get("size", 0)),
-            content=list(data.get("content", [])),
-            subtree=data.get("subtree"),
-            link_target=_decode_bytes(data, "link_target"),
-            rdev=int(data.get("rdev", 0)),
-            xattrs={k: base64.b64decode(v) for k, v in data.get("xattrs", {}).items()},
+            name,
+            data["type"],
+            int(get("mode", 0)),
+            int(get("uid", 0)),
+            int(get("gid", 0)),
+            str(get("user", "")),
+            str(get("group", "")),
+            int(get("mtime_ns", 0)),
+            int(get("atime_ns", 0)),
+            int(get("ctime_ns", 0)),
+            int(get("inode", 0)),
+            int(get("device_id", 0)),
+            int(get("links", 1)),
+            int(get("size", 0)),
+            list(get("content", ())),
+            get("subtree"),
+            _decode_bytes(data, "link_target"),
+            int(get("rdev", 0)),
+            {k: base64.b64decode(v) for k, v in xattrs.items()} if xattrs else {},
         )
 
 

@@ -21,6 +21,7 @@ from backvault.repo.blob import BlobType
 from backvault.repo.chunker import make_chunker
 from backvault.repo.crypto import content_hash
 from backvault.repo.index import encode_index
+from backvault.repo.memory import tune_malloc
 from backvault.repo.pack import PackBuilder, PackEntry, pack_key
 from backvault.repo.tree import Tree
 from backvault.storage.base import ObjectExistsError
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from backvault.repo.repository import Repository
     from backvault.repo.snapshot import Snapshot
 
+# Files below this are read whole into one buffer and cut there (2x the largest chunk).
+WHOLE_FILE_BELOW = 16 * 1024 * 1024
 # O_NOATIME keeps backups from touching access times; only the owner or root may use it
 _OPEN_FLAGS = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0)
 
@@ -50,6 +53,7 @@ class BackupWriter:
     """Stores new blobs for one backup; save_* may be called from several threads at once."""
 
     def __init__(self, repository: Repository, *, threads: int = 2) -> None:
+        tune_malloc()  # before this backup's threads start allocating
         self.repository = repository
         self.stats = WriterStats()
         self._mutex = threading.Lock()
@@ -105,7 +109,28 @@ class BackupWriter:
                 return ([self._save_blob(data, BlobType.DATA, None)] if data else []), len(data)
             # the file grew while we read it: fall back to chunking what we already have + the rest
             return self._save_chunks(_PrefixedReader(data, fd))
+        if size < WHOLE_FILE_BELOW:
+            # One buffer the size of the file, cut in place: the stream chunker would allocate and
+            # zero a 16 MiB buffer per file and copy every chunk out of it.
+            buffer = bytearray(size + 1)  # one byte more tells a file that grew while being read
+            filled = _read_into_all(fd, memoryview(buffer))
+            if filled <= size:
+                return self._save_buffer(memoryview(buffer)[:filled])
+            return self._save_chunks(_PrefixedReader(bytes(buffer), fd))
         return self._save_chunks(_FdReader(fd))
+
+    def _save_buffer(self, view: memoryview) -> tuple[list[str], int]:
+        """Chunk and store bytes already in memory; chunks are views, encoded before this returns."""
+        ids: list[str] = []
+        futures: list[Future[None]] = []
+        try:
+            for chunk in self._chunker().cut_buf(view):
+                piece = view[chunk.offset : chunk.offset + chunk.length]
+                ids.append(self._save_blob(piece, BlobType.DATA, futures))
+        finally:
+            for future in futures:
+                future.result()
+        return ids, len(view)
 
     def save_stream(self, stream: BinaryIO) -> tuple[list[str], int]:
         """Store everything read from a binary stream (database dumps, object bodies)."""
@@ -149,7 +174,9 @@ class BackupWriter:
         with self._mutex:
             return blob_id in self._pending or self.repository.index.has_live(blob_id)
 
-    def _save_blob(self, data: bytes, blob_type: BlobType, futures: list[Future[None]] | None) -> str:
+    def _save_blob(
+        self, data: bytes | memoryview, blob_type: BlobType, futures: list[Future[None]] | None
+    ) -> str:
         """Deduplicate one blob; encode it now (futures is None) or in the pool."""
         blob_id = self.repository.codec.blob_id(blob_type, data)
         with self._mutex:
@@ -167,7 +194,7 @@ class BackupWriter:
             futures.append(future)
         return blob_id.hex()
 
-    def _encode_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
+    def _encode_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
         stored = self.repository.codec.encode(blob_type, blob_id, data)
         full: PackBuilder | None = None
         with self._mutex:
@@ -178,6 +205,8 @@ class BackupWriter:
             if self._builder.size >= self.repository.config.pack_size:
                 full, self._builder = self._builder, PackBuilder()
         if full is not None:
+            # Uploaded by the thread that filled it: an upload thread gained no measurable time
+            # and held a third pack in memory (docs/benchmarks.md).
             self._upload(full)
 
     def _upload(self, builder: PackBuilder) -> None:
@@ -212,7 +241,7 @@ class BackupWriter:
 
 def store_pack(repository: Repository, builder: PackBuilder) -> str:
     """Upload a finished pack, then the index object that makes its blobs known; returns the pack id."""
-    data = builder.finish(repository.sealer)
+    data = memoryview(builder.finish(repository.sealer))
     pack_id = content_hash(data)
     with contextlib.suppress(ObjectExistsError):  # identical bytes already stored by a retried upload
         repository.store.put_new(pack_key(pack_id), data)
@@ -239,6 +268,17 @@ def _read_all(fd: int, size: int) -> bytes:
         if not piece:
             return b"".join(parts)
         parts.append(piece)
+
+
+def _read_into_all(fd: int, view: memoryview) -> int:
+    """Fill view from fd until it is full or the file ends; return how many bytes were read."""
+    filled = 0
+    while filled < len(view):
+        count = os.readv(fd, [view[filled:]])
+        if not count:
+            break
+        filled += count
+    return filled
 
 
 def _read_up_to(stream: BinaryIO, size: int) -> bytes:

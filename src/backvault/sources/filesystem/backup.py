@@ -123,14 +123,16 @@ def backup_paths(
     one_file_system: bool = False,
     parent: Snapshot | None = None,
     progress: Callable[[ProgressInfo], None] | None = None,
-    threads: int = 3,
+    threads: int = 2,
     cache_dir: str | None = None,
     use_cache: bool = True,
 ) -> Snapshot:
     """Back up paths into repo and return the committed snapshot (partial=True if items were skipped).
 
     Unchanged files are taken from parent without being read; a local directory cache
-    (in cache_dir, default: see backup_cache.default_cache_dir) makes that fast.
+    (in cache_dir, default: see backup_cache.default_cache_dir) makes that fast. threads
+    read files of reading.INLINE_SIZE (512 KiB) and more: two keep up with the walking thread, and each
+    holds a file (up to 16 MiB) in memory (docs/benchmarks.md).
     """
     if threads < 1:
         raise ValueError("threads must be at least 1")

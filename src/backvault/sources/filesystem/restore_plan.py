@@ -102,10 +102,10 @@ class Planner:
         self.repo = repo
         self.directories = directories
         self.errors = errors
-        self.positions: dict[str, list[tuple[RestoredFile, int]]] = {}
         self.hard_links: dict[tuple[int, int], RestoredFile] = {}
         self.created_directories: list[tuple[bytes, Node]] = []  # in creation (pre-)order
-        self.finish_file: Callable[[RestoredFile], None] = lambda item: None
+        # Receives every planned regular file; the restore writes them in batches.
+        self.add_file: Callable[[RestoredFile], None] = lambda item: None
         self.as_root = os.geteuid() == 0
         self.file_count = 0
         self.byte_count = 0
@@ -249,22 +249,24 @@ class Planner:
         item = RestoredFile(directory, node, display(path))
         if node.links > 1:
             self.hard_links[key] = item
-        planned: list[tuple[str, int]] = []
-        offset = 0
-        try:
-            for chunk_id in node.content:
-                planned.append((chunk_id, offset))
-                offset += self.repo.chunk_size(chunk_id)
-        except DamagedDataError as error:
-            item.failed = f"damaged chunk {error.chunk_id}: {error.reason}"
-            planned = []
         self.file_count += 1
         self.byte_count += node.size
-        item.remaining = len(planned)
-        for chunk_id, chunk_offset in planned:
-            self.positions.setdefault(chunk_id, []).append((item, chunk_offset))
-        if not planned:
-            self.finish_file(item)
+        index = self.repo.index
+        for chunk_id in node.content:
+            if bytes.fromhex(chunk_id) not in index:
+                item.failed = f"damaged chunk {chunk_id}: chunk is not in the index"
+                item.finished = True
+                self.errors.append((item.display, item.failed))
+                return
+        self.add_file(item)
+
+    def link_all(self) -> None:
+        """Create the hard links noted while planning, once every primary file is written."""
+        for primary in self.hard_links.values():
+            primary.finished = True
+            aliases, primary.aliases = primary.aliases, []
+            for directory, name in aliases:
+                self.link(primary, directory, name)
 
     def link(self, primary: RestoredFile, directory: bytes, name: bytes) -> None:
         """Hard-link name in directory to an already restored file (or report why it cannot be)."""

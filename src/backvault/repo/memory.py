@@ -1,0 +1,39 @@
+"""Process-wide allocator settings for the backup and restore data path (glibc only).
+
+The data path allocates and frees buffers of one to sixteen MiB all the time (file
+buffers, chunk copies, compressed and sealed blobs, packs). With glibc's defaults,
+each thread that allocates concurrently gets its own arena (up to 8 per core), and
+the threshold above which malloc uses mmap rises to 32 MiB after the first large free,
+so those buffers end up in arena heaps that fragment and are not returned to the
+system. Measured on the 1 GiB benchmark set, a first backup peaked at ~290 MiB RSS
+with the defaults, ~200 MiB with two arenas and ~140 MiB when, in addition, every
+allocation of 1 MiB or more is its own mapping, given back when freed (the page
+faults of a fresh mapping cost less than the noise of the measurement).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+ARENAS = 2
+MMAP_THRESHOLD = 1024 * 1024
+_lock = threading.Lock()
+_applied = False
+
+
+def tune_malloc() -> bool:
+    """Cap glibc's arenas and fix its mmap threshold for this process (once); True when applied."""
+    global _applied
+    with _lock:
+        if _applied:
+            return True
+        try:
+            # The interpreter's own symbols include its C library's; only glibc has these settings.
+            mallopt = ctypes.CDLL(None).mallopt
+        except (OSError, AttributeError):
+            return False
+        _applied = bool(mallopt(_M_ARENA_MAX, ARENAS)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        return _applied

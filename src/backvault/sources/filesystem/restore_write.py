@@ -1,0 +1,254 @@
+"""Writing restored files: one batch of planned files, in this process or in a worker process.
+
+A batch lists files (their tree nodes) and where each chunk they need is stored. Its
+chunks are read once each, in pack order, and written to every position that needs
+them; a file is finished (metadata applied) when its last chunk arrives. All-zero
+blocks are skipped so sparse files stay sparse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from backvault.repo.blob import BlobCodec
+from backvault.repo.chunk_reader import read_located
+from backvault.repo.errors import DamagedDataError
+from backvault.repo.index import Location
+from backvault.repo.tree import Node
+from backvault.sources.filesystem.metadata import write_xattrs
+from backvault.sources.filesystem.restore_plan import Directories, RestoredFile
+from backvault.storage.base import ObjectStore
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FILES = 64  # write descriptors kept open: big files get many chunks in a row
+_BLOCK = 4096  # the usual filesystem block: the unit in which holes can be kept
+_ZERO_BLOCK = bytes(_BLOCK)
+
+
+@dataclass
+class RestoreResult:
+    """What a restore did; errors name each path (as in the snapshot) that was not restored."""
+
+    files_restored: int = 0  # hard links count as files
+    bytes_written: int = 0  # bytes actually written: zero runs left as holes are not counted
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    dirs_restored: int = 0
+    others_restored: int = 0
+
+
+@dataclass
+class FileJob:
+    """One regular file to restore: where it goes and its tree node (content = chunk ids)."""
+
+    directory: bytes
+    node: Node
+    display: str
+    token: int = -1  # >= 0: a hard-link primary; the planner must hear if it fails
+
+
+@dataclass
+class Batch:
+    """Files restored together, and the stored locations of every chunk they need."""
+
+    files: list[FileJob] = field(default_factory=list)
+    locations: dict[str, list[Location]] = field(default_factory=dict)
+    size: int = 0  # bytes of file content
+
+
+@dataclass
+class BatchResult:
+    """What one batch did, sent back to the planning process."""
+
+    files_restored: int = 0
+    bytes_written: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # token -> why that hard-link primary failed
+
+
+def is_zero(data: bytes) -> bool:
+    """Tell whether a chunk is all zero bytes (checking both ends first, as real data rarely is)."""
+    return not data or (data[0] == 0 and data[-1] == 0 and data.count(0) == len(data))
+
+
+def data_ranges(data: bytes, offset: int) -> list[tuple[int, int]]:
+    """Return the (start, end) ranges of data worth writing at offset, leaving out zero blocks.
+
+    A chunk can be mostly zeros (the start of a sparse file is cut into one 8 MiB chunk);
+    skipping its zero filesystem blocks leaves them as holes in the pre-sized file.
+    """
+    if _ZERO_BLOCK not in data:
+        return [(0, len(data))]
+    ranges: list[tuple[int, int]] = []
+    length = len(data)
+    start = 0
+    # Blocks are aligned to the file offset, which is what the filesystem allocates.
+    end = min(length, _BLOCK - offset % _BLOCK)
+    while start < length:
+        if data.count(0, start, end) != end - start:
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end)
+            else:
+                ranges.append((start, end))
+        start, end = end, min(length, end + _BLOCK)
+    return ranges
+
+
+class FileWriter:
+    """Writes chunk data into planned files and finishes each file when its last chunk arrives."""
+
+    def __init__(self, directories: Directories, result: RestoreResult) -> None:
+        self.directories = directories
+        self.result = result
+        self.open_files: OrderedDict[int, tuple[RestoredFile, int]] = OrderedDict()
+        self.as_root = os.geteuid() == 0
+
+    def _create(self, item: RestoredFile) -> int:
+        """Create the file empty at its final size (holes where nothing is written)."""
+        parent = self.directories.fd(item.directory)
+        flags = _WRITE_FLAGS | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(item.node.name, flags, 0o600, dir_fd=parent)
+        except FileExistsError:
+            self.directories.remove(item.directory, item.node.name)
+            fd = os.open(item.node.name, flags, 0o600, dir_fd=parent)
+        item.created = True
+        try:
+            if item.node.size:
+                os.ftruncate(fd, item.node.size)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def descriptor(self, item: RestoredFile) -> int:
+        """Return an open write descriptor for item, creating the file on first use."""
+        key = id(item)
+        cached = self.open_files.get(key)
+        if cached is not None:
+            self.open_files.move_to_end(key)
+            return cached[1]
+        if item.created:
+            fd = os.open(item.node.name, _WRITE_FLAGS, dir_fd=self.directories.fd(item.directory))
+        else:
+            fd = self._create(item)
+        self.open_files[key] = (item, fd)
+        if len(self.open_files) > _OPEN_FILES:
+            _, (_, oldest) = self.open_files.popitem(last=False)
+            os.close(oldest)
+        return fd
+
+    def write(self, item: RestoredFile, offset: int, data: bytes) -> None:
+        """Write data at offset into item, skipping zero blocks; an OS error marks the file failed."""
+        if item.failed is not None:
+            return
+        try:
+            fd = self.descriptor(item)
+            for start, end in data_ranges(data, offset):
+                view = memoryview(data)[start:end]
+                position = offset + start
+                while view:
+                    written = os.pwrite(fd, view, position)
+                    view, position = view[written:], position + written
+                self.result.bytes_written += end - start
+        except OSError as error:
+            item.failed = f"cannot write: {error.strerror}"
+
+    def position_done(self, item: RestoredFile) -> None:
+        """Count down item's pending chunks and finish it after the last one."""
+        item.remaining -= 1
+        if item.remaining <= 0:
+            self.finish(item)
+
+    def finish(self, item: RestoredFile) -> None:
+        """Apply metadata to a fully written file, or remove it if it failed."""
+        cached = self.open_files.pop(id(item), None)
+        fd = cached[1] if cached is not None else None
+        try:
+            if item.failed is None:
+                if fd is None:
+                    fd = self.descriptor(item)
+                    self.open_files.pop(id(item))
+                self._apply(fd, item)
+        except OSError as error:
+            item.failed = f"cannot restore metadata: {error.strerror}"
+        finally:
+            if fd is not None:
+                os.close(fd)
+        item.finished = True
+        if item.failed is not None:
+            self._discard(item)
+            return
+        self.result.files_restored += 1
+
+    def _apply(self, fd: int, item: RestoredFile) -> None:
+        node = item.node
+        if self.as_root:
+            os.fchown(fd, node.uid, node.gid)
+        # After chown, which clears setuid/setgid bits.
+        os.fchmod(fd, node.mode)
+        for problem in write_xattrs(fd, node.xattrs):
+            self.result.errors.append((item.display, problem))
+        os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
+
+    def _discard(self, item: RestoredFile) -> None:
+        """Remove a file that could not be restored completely and report it (links are the planner's)."""
+        if item.created:
+            # Already gone, or its directory is: nothing left to clean up.
+            with contextlib.suppress(OSError):
+                os.unlink(item.node.name, dir_fd=self.directories.fd(item.directory))
+        assert item.failed is not None
+        self.result.errors.append((item.display, item.failed))
+
+    def close(self) -> None:
+        """Close any descriptor left open (only after an exception)."""
+        for _, fd in self.open_files.values():
+            os.close(fd)
+        self.open_files.clear()
+
+
+def run_batch(store: ObjectStore, codec: BlobCodec, directories: Directories, batch: Batch) -> BatchResult:
+    """Restore every file of a batch: fetch each chunk once and write it everywhere it belongs."""
+    result = RestoreResult()
+    writer = FileWriter(directories, result)
+    positions: dict[str, list[tuple[RestoredFile, int]]] = {}
+    tokens: list[tuple[int, RestoredFile]] = []
+    empty: list[RestoredFile] = []
+    for job in batch.files:
+        item = RestoredFile(job.directory, job.node, job.display, remaining=len(job.node.content))
+        if job.token >= 0:
+            tokens.append((job.token, item))
+        offset = 0
+        for chunk_id in job.node.content:
+            positions.setdefault(chunk_id, []).append((item, offset))
+            offset += batch.locations[chunk_id][0].raw_length
+        if not job.node.content:
+            empty.append(item)
+    try:
+        for item in empty:
+            writer.finish(item)
+        for chunk_id, data in read_located(store, codec, batch.locations):
+            targets = positions.pop(chunk_id)
+            if isinstance(data, DamagedDataError):
+                for item, _ in targets:
+                    if item.failed is None:
+                        item.failed = f"damaged chunk {chunk_id} in {data.object_key}: {data.reason}"
+                    writer.position_done(item)
+                continue
+            zero = is_zero(data)
+            for item, offset in targets:
+                if not zero:
+                    writer.write(item, offset, data)
+                writer.position_done(item)
+        # Chunks the reader did not yield (should not happen) leave files unfinished: fail them.
+        for chunk_id, targets in positions.items():
+            for item, _ in targets:
+                if item.failed is None:
+                    item.failed = f"chunk {chunk_id} was not delivered by the repository"
+                writer.position_done(item)
+    finally:
+        writer.close()
+    failed = {token: item.failed for token, item in tokens if item.failed is not None}
+    return BatchResult(result.files_restored, result.bytes_written, result.errors, failed)

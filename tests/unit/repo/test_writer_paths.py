@@ -1,0 +1,73 @@
+"""The writer's three ways of reading a file cut and store exactly the same chunks."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from backvault.repo import writer as writer_module
+from backvault.repo.blob import BlobType
+from backvault.repo.chunker import cut_points
+from backvault.repo.repository import Repository
+from backvault.storage.local import LocalStore
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Repository:
+    return Repository.init(LocalStore(tmp_path / "repo"), "pw", pack_size=1 << 20)
+
+
+def expected_ids(repository: Repository, data: bytes) -> list[str]:
+    """Chunk ids of data cut in one piece by the reference chunker."""
+    ends = cut_points(repository.config.chunker, data)
+    starts = [0, *ends[:-1]]
+    return [
+        repository.codec.blob_id(BlobType.DATA, data[a:b]).hex() for a, b in zip(starts, ends, strict=True)
+    ]
+
+
+def compressible(size: int) -> bytes:
+    words = [b"alpha ", b"beta ", b"gamma ", b"delta\n", os.urandom(7)]
+    chooser = random.Random(7)
+    return b"".join(chooser.choice(words) for _ in range(size // 5))[:size]
+
+
+@pytest.mark.parametrize("size", [3 << 20, (17 << 20) + 12345])  # in one buffer, and streamed
+def test_files_are_cut_like_the_reference_chunker_and_read_back(
+    tmp_path: Path, repository: Repository, size: int
+) -> None:
+    data = compressible(size)
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    with repository.writer() as writer:
+        ids, read = writer.save_file(str(path))
+        writer.flush()
+    assert read == size
+    assert ids == expected_ids(repository, data)
+    assert b"".join(repository.read_blob(bytes.fromhex(chunk_id)) for chunk_id in ids) == data
+
+
+def test_a_file_that_grows_while_read_whole_is_stored_with_the_new_bytes(
+    tmp_path: Path, repository: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = compressible(2 << 20)
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    real_fstat = os.fstat
+
+    class Shrunk:
+        """fstat as it was before the file grew by 1 MiB."""
+
+        def __init__(self, fd: int) -> None:
+            self.st_size = real_fstat(fd).st_size - (1 << 20)
+
+    with repository.writer() as writer:
+        monkeypatch.setattr(writer_module.os, "fstat", Shrunk)
+        ids, read = writer.save_file(str(path))
+        monkeypatch.undo()
+        writer.flush()
+    assert read == len(data)
+    assert ids == expected_ids(repository, data)

@@ -1,0 +1,218 @@
+"""Restores run in worker processes give exactly what the in-process restore gives.
+
+The thresholds are lowered so that these small trees use workers and many batches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from filesystem_helpers import assert_same_tree, new_repository, opened_directory, write_file
+
+from backvault.repo.chunk_reader import read_located
+from backvault.repo.index import Location
+from backvault.repo.pack import pack_key
+from backvault.repo.repository import Repository
+from backvault.sources.filesystem import restore_workers
+from backvault.sources.filesystem.backup import backup_paths
+from backvault.sources.filesystem.restore import RestoreProgress, restore_snapshot
+from backvault.sources.filesystem.restore_write import Batch, FileJob
+from backvault.storage.local import LocalStore
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return new_repository(str(tmp_path / "repo"))
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Start workers at once and cut batches of three files; the list collects worker pids."""
+    monkeypatch.setattr(restore_workers, "PARALLEL_FILES", 1)
+    monkeypatch.setattr(restore_workers, "BATCH_FILES", 3)
+    started: list[int] = []
+    original = restore_workers._Worker.__init__
+
+    def spy(self: restore_workers._Worker, setup: dict[str, object]) -> None:
+        original(self, setup)
+        started.append(self.process.pid)
+
+    monkeypatch.setattr(restore_workers._Worker, "__init__", spy)
+    return started
+
+
+def build_tree(root: Path) -> None:
+    """Directories of small files, shared content, hard links across batches, a big file, a sparse one."""
+    root.mkdir()
+    shared = os.urandom(3000)
+    with opened_directory(str(root)) as fd:
+        for number in range(4):
+            name = b"dir%d" % number
+            os.mkdir(name, 0o750, dir_fd=fd)
+            with opened_directory(name, fd) as directory:
+                for index in range(7):
+                    write_file(directory, b"f%d" % index, os.urandom(100 + index * 997), mode=0o640)
+                write_file(directory, b"same", shared)
+                write_file(directory, b"empty", b"")
+        write_file(fd, b"big.bin", os.urandom(3 << 20))
+    os.link(root / "dir0" / "f1", root / "dir3" / "link-to-f1")  # planned batches after its primary
+    with open(root / "sparse", "wb") as sparse:
+        sparse.write(b"start")
+        sparse.truncate(8 << 20)
+    os.utime(root / "dir2", ns=(1_600_000_000_000_000_001, 1_600_000_000_000_000_002))
+
+
+def test_workers_restore_the_same_tree_as_the_source(
+    tmp_path: Path, repo: Repository, small_batches: list[int]
+) -> None:
+    source = tmp_path / "src"
+    build_tree(source)
+    snapshot = backup_paths(repo, [str(source)])
+    updates: list[RestoreProgress] = []
+    target = tmp_path / "restore"
+    result = restore_snapshot(repo, snapshot, str(target), workers=2, progress=updates.append)
+    assert result.errors == []
+    assert len(small_batches) == 2 and os.getpid() not in small_batches
+    assert_same_tree(str(source), str(target / "src"))
+    assert (
+        os.stat(target / "src" / "dir3" / "link-to-f1").st_ino
+        == os.stat(target / "src" / "dir0" / "f1").st_ino
+    )
+    assert os.stat(target / "src" / "sparse").st_blocks * 512 < (1 << 20)
+    files = sum(len(names) for _, _, names in os.walk(source))
+    assert result.files_restored == files
+    last = updates[-1]
+    assert last.files == files and last.bytes_written == result.bytes_written
+    assert (8 << 20) - 8192 < last.bytes_total - last.bytes_written < 8 << 20  # the sparse file's hole
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_a_damaged_chunk_fails_its_files_and_their_hard_links_in_workers(
+    tmp_path: Path, repo: Repository
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    damaged = os.urandom(50_000)
+    for index in range(5):
+        (source / f"fine{index}").write_bytes(os.urandom(1000))
+    (source / "damaged").write_bytes(damaged)
+    os.link(source / "damaged", source / "zz-link")
+    snapshot = backup_paths(repo, [str(source)])
+    node = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "").find(b"damaged")
+    assert node is not None
+    location = repo.index.lookup(bytes.fromhex(node.content[0]))
+    assert location is not None
+    pack = Path(repo.store.location) / pack_key(location.pack_id)
+    data = bytearray(pack.read_bytes())
+    data[location.offset + 100] ^= 0xFF
+    os.chmod(pack, 0o644)
+    pack.write_bytes(bytes(data))
+
+    target = tmp_path / "restore"
+    result = restore_snapshot(repo, snapshot, str(target), workers=2)
+    assert sorted(path for path, _ in result.errors) == ["/src/damaged", "/src/zz-link"]
+    assert all(node.content[0] in message for _, message in result.errors)
+    assert sorted(os.listdir(target / "src")) == [f"fine{index}" for index in range(5)]
+    assert result.files_restored == 5
+
+
+def test_a_worker_refuses_a_target_that_was_replaced(tmp_path: Path, repo: Repository) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    setup = {
+        "store": repo.store,
+        "secret": repo.master.secret,
+        "compression_level": repo.config.compression_level,
+        "target": str(target),
+        "identity": (0, 0),  # not the directory's device and inode
+    }
+    worker = restore_workers._Worker(setup)
+    try:
+        with pytest.raises(OSError, match="was replaced during the restore"):
+            worker.run(Batch())
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 0
+
+
+def test_small_restores_start_no_workers(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: object, setup: object) -> None:
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(restore_workers._Worker, "__init__", refuse)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(b"content")
+    snapshot = backup_paths(repo, [str(source)])
+    result = restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=4)
+    assert result.errors == [] and result.files_restored == 1
+    assert (tmp_path / "restore" / "src" / "a").read_bytes() == b"content"
+
+
+class CountingStore(LocalStore):
+    """A local store that counts ranged reads."""
+
+    reads = 0
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        CountingStore.reads += 1
+        return super().get_range(key, offset, length)
+
+
+def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
+    tmp_path: Path, repo: Repository
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    contents = {f"f{index}": os.urandom(2000) for index in range(20)}
+    for name, content in contents.items():
+        (source / name).write_bytes(content)
+    snapshot = backup_paths(repo, [str(source)])
+    nodes = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "").nodes
+    wanted = {node.content[0]: repo.index.locations(bytes.fromhex(node.content[0])) for node in nodes}
+    by_id = {node.content[0]: contents[node.name.decode()] for node in nodes}
+    store = CountingStore(repo.store.location)
+    CountingStore.reads = 0
+    assert dict(read_located(store, repo.codec, wanted)) == by_id
+    assert CountingStore.reads == 1  # twenty small blobs of one pack: one read
+
+    # The first location points at the wrong bytes; the second (the real one) is used.
+    first_id = nodes[0].content[0]
+    real = wanted[first_id][0]
+    bogus = Location(
+        real.pack_id, real.type, wanted[nodes[1].content[0]][0].offset, real.length, real.raw_length
+    )
+    answer = dict(read_located(store, repo.codec, {first_id: [bogus, real]}))
+    assert answer == {first_id: by_id[first_id]}
+    unreadable = dict(read_located(store, repo.codec, {first_id: [bogus]}))
+    assert "failed authentication" in str(unreadable[first_id])
+
+
+def test_jobs_without_chunks_are_created_empty_by_workers(
+    tmp_path: Path, repo: Repository, small_batches: list[int]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for index in range(7):
+        (source / f"empty{index}").write_bytes(b"")
+        os.chmod(source / f"empty{index}", 0o600 + index)
+    snapshot = backup_paths(repo, [str(source)])
+    result = restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=2)
+    assert result.errors == [] and result.files_restored == 7
+    assert len(small_batches) == 2
+    assert_same_tree(str(source), str(tmp_path / "restore" / "src"))
+    assert FileJob.__dataclass_fields__["token"].default == -1
+
+
+def test_workers_do_not_inherit_the_passphrase_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKVAULT_PASSWORD", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("PATH_FOR_TEST", "kept")
+    environment = restore_workers._worker_environment()
+    assert "BACKVAULT_PASSWORD" not in environment and "AWS_SECRET_ACCESS_KEY" not in environment
+    assert environment["PATH_FOR_TEST"] == "kept"
+    assert "hunter2" not in environment.values()

@@ -5,7 +5,6 @@ Requests are signed by botocore's SigV4Auth, as boto3 signs them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import socket
@@ -13,8 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +21,7 @@ import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from control_helpers import FakeClock, add_recovery_point
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,29 +43,6 @@ from backvault.domain.errors import (
     RequestExpired,
     UnrecognizedClientException,
 )
-
-
-def _catalog_fixtures() -> ModuleType:
-    # The catalog fixtures (SQLite and PostgreSQL) live in the control tests' conftest; load them here.
-    path = Path(__file__).resolve().parents[1] / "control" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("backvault_api_test_catalog_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _catalog_fixtures()
-_isolated_environment = _fixtures._isolated_environment
-postgres_database = _fixtures.postgres_database
-database_url = _fixtures.database_url
-data_dir = _fixtures.data_dir
-catalog = _fixtures.catalog
-clock = _fixtures.clock
-master_secret = _fixtures.master_secret
-context = _fixtures.context
-
-from control_helpers import FakeClock, add_recovery_point  # noqa: E402 - on sys.path once the fixtures are loaded
 
 ENDPOINT = "http://testserver"
 READER = {

@@ -8,7 +8,6 @@ name and tags are hostile HTML.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shutil
 import socket
@@ -18,12 +17,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from control_helpers import ROLE, FakeClock
 
 from backvault.api.app import create_app
 from backvault.api.dashboard.session import COOKIE_NAME, SessionSigner
@@ -38,29 +37,6 @@ from backvault.control.frameworks import create_framework
 from backvault.control.job_handlers import HANDLERS
 from backvault.control.vaults import create_backup_vault
 from backvault.control.worker import Worker
-
-
-def _catalog_fixtures() -> ModuleType:
-    # The catalog fixtures (SQLite and PostgreSQL) live in the control tests' conftest; load them here.
-    path = Path(__file__).resolve().parents[1] / "control" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("backvault_dashboard_test_catalog_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _catalog_fixtures()
-_isolated_environment = _fixtures._isolated_environment
-postgres_database = _fixtures.postgres_database
-database_url = _fixtures.database_url
-data_dir = _fixtures.data_dir
-catalog = _fixtures.catalog
-clock = _fixtures.clock
-master_secret = _fixtures.master_secret
-context = _fixtures.context
-
-from control_helpers import ROLE, FakeClock  # noqa: E402 - on sys.path once the fixtures are loaded
 
 BASE = "/backvault/dashboard"
 READER = {

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -19,6 +16,8 @@ import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from control_helpers import FakeClock
+from notification_helpers import Receiver
 
 from backvault.api.app import create_app
 from backvault.api.throttle import Throttle
@@ -27,30 +26,6 @@ from backvault.control.context import ServiceContext
 from backvault.control.events import EventType, record_event
 from backvault.control.notifications import run_notifications
 from backvault.control.vaults import create_backup_vault
-
-
-def _catalog_fixtures() -> ModuleType:
-    # The catalog fixtures (SQLite and PostgreSQL) live in the control tests' conftest; load them here.
-    path = Path(__file__).resolve().parents[1] / "control" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("backvault_notification_routes_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _catalog_fixtures()
-_isolated_environment = _fixtures._isolated_environment
-postgres_database = _fixtures.postgres_database
-database_url = _fixtures.database_url
-data_dir = _fixtures.data_dir
-catalog = _fixtures.catalog
-clock = _fixtures.clock
-master_secret = _fixtures.master_secret
-context = _fixtures.context
-
-from control_helpers import FakeClock  # noqa: E402 - on sys.path once the fixtures are loaded
-from notification_helpers import Receiver  # noqa: E402
 
 HMAC_KEY = "route-hmac-key-never-echoed"
 SINKS = "/backvault/notification-sinks"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,23 +18,6 @@ from backvault.control import identity
 from backvault.control.catalog import open_catalog
 from backvault.control.context import ServiceContext
 from backvault.control.secrets import load_master_secret
-
-
-def _catalog_fixtures() -> ModuleType:
-    # The catalog fixtures (SQLite and PostgreSQL) live in the control tests' conftest; load them here.
-    path = Path(__file__).resolve().parents[1] / "control" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("backvault_cli_test_catalog_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _catalog_fixtures()
-_isolated_environment = _fixtures._isolated_environment
-postgres_database = _fixtures.postgres_database
-database_url = _fixtures.database_url
-data_dir = _fixtures.data_dir
 
 cli = typer.Typer()
 cli.add_typer(admin_app, name="admin")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -23,23 +21,6 @@ from backvault.control.plans import create_backup_plan
 from backvault.control.secrets import load_master_secret
 from backvault.control.selections import create_backup_selection
 from backvault.control.vaults import create_backup_vault
-
-
-def _catalog_fixtures() -> ModuleType:
-    # The catalog fixtures (SQLite and PostgreSQL) live in the control tests' conftest; load them here.
-    path = Path(__file__).resolve().parents[1] / "control" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("backvault_audit_cli_test_catalog_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _catalog_fixtures()
-_isolated_environment = _fixtures._isolated_environment
-postgres_database = _fixtures.postgres_database
-database_url = _fixtures.database_url
-data_dir = _fixtures.data_dir
 
 cli = typer.Typer()
 register(cli)

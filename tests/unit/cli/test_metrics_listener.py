@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
@@ -22,27 +20,6 @@ from backvault.api.metrics_listener import (
 )
 from backvault.control.context import ServiceContext
 from backvault.control.vaults import create_backup_vault
-
-
-def _catalog_fixtures() -> ModuleType:
-    # The catalog fixtures (SQLite and PostgreSQL) live in the control tests' conftest; load them here.
-    path = Path(__file__).resolve().parents[1] / "control" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("backvault_metrics_test_catalog_fixtures", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _catalog_fixtures()
-_isolated_environment = _fixtures._isolated_environment
-postgres_database = _fixtures.postgres_database
-database_url = _fixtures.database_url
-data_dir = _fixtures.data_dir
-catalog = _fixtures.catalog
-clock = _fixtures.clock
-master_secret = _fixtures.master_secret
-context = _fixtures.context
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""Catalog fixtures: every catalog and service test runs on SQLite and on PostgreSQL.
+"""Catalog fixtures for every unit test: each catalog and service test runs on SQLite and on PostgreSQL.
 
 PostgreSQL is a throwaway database ``backvault_test_<random>`` created for the session on
 ``$BACKVAULT_TEST_POSTGRES_URL`` (default: the local server, user postgres, trust auth) and dropped
@@ -25,9 +25,9 @@ from backvault.control.context import ServiceContext
 from backvault.control.locations import ensure_default_location
 from backvault.control.secrets import MasterSecret, load_master_secret
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # --import-mode=importlib puts no test directory on sys.path
-    sys.path.insert(0, _HERE)
+_CONTROL_HELPERS = str(Path(__file__).resolve().parent / "control")
+if _CONTROL_HELPERS not in sys.path:  # --import-mode=importlib puts no test directory on sys.path
+    sys.path.insert(0, _CONTROL_HELPERS)
 
 from control_helpers import FakeClock  # noqa: E402 - importable only once the path is set
 

@@ -260,7 +260,7 @@ def _start_metrics(context: Any, address: tuple[str, int], token: str | None) ->
         fail(str(error))
 
 
-def _start_api(context: Any, address: tuple[str, int]) -> tuple[Any, threading.Thread] | None:
+def _start_api(context: Any, address: tuple[str, int]) -> tuple[Any, threading.Thread]:
     """Serve backvault.api.app.create_app(context) with uvicorn in a thread."""
     import uvicorn
 

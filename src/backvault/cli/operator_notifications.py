@@ -23,6 +23,7 @@ from backvault.cli.operator_output import (
     JsonOption,
     ProfileOption,
     api_errors,
+    call_extension,
     connect,
     emit_json,
     print_table,
@@ -163,9 +164,7 @@ def create_sink(
     secret = _read_secret(secret_env, secret_prompt)
     if secret is not None:
         body["Secret"] = secret
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("POST", SINKS_PATH, body=body)
+    answer = call_extension(profile, endpoint_url, "POST", SINKS_PATH, body)
     report(answer, as_json, message=f"created {answer.get('SinkType')} sink {name} ({answer.get('SinkArn')})")
 
 
@@ -206,9 +205,7 @@ def update_sink(
         body["Secret"] = secret
     if clear_secret:
         body["ClearSecret"] = True
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("PUT", f"{SINKS_PATH}/{path_segment(name)}", body=body)
+    answer = call_extension(profile, endpoint_url, "PUT", f"{SINKS_PATH}/{path_segment(name)}", body)
     report(answer, as_json, message=f"updated sink {name}")
 
 
@@ -253,9 +250,7 @@ def describe_sink(
     name: str, as_json: JsonOption = False, profile: ProfileOption = None, endpoint_url: EndpointOption = None
 ) -> None:
     """Show one notification sink."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("GET", f"{SINKS_PATH}/{path_segment(name)}")
+    answer = call_extension(profile, endpoint_url, "GET", f"{SINKS_PATH}/{path_segment(name)}")
     report(answer, as_json, title=f"sink {name}")
 
 
@@ -264,9 +259,7 @@ def delete_sink(
     name: str, as_json: JsonOption = False, profile: ProfileOption = None, endpoint_url: EndpointOption = None
 ) -> None:
     """Delete a notification sink and its delivery history."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        client.extension("DELETE", f"{SINKS_PATH}/{path_segment(name)}")
+    call_extension(profile, endpoint_url, "DELETE", f"{SINKS_PATH}/{path_segment(name)}")
     report({"SinkName": name, "Deleted": True}, as_json, message=f"deleted sink {name}")
 
 
@@ -346,9 +339,7 @@ def set_vault_notifications(
     if not names:
         fail("--events: name at least one event, e.g. BACKUP_JOB_FAILED")
     body = {"SinkName": sink, "BackupVaultEvents": names, "FailuresOnly": failures_only}
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("PUT", _vault_path(vault), body=body)
+    answer = call_extension(profile, endpoint_url, "PUT", _vault_path(vault), body)
     only = " (failures only)" if failures_only else ""
     report(answer, as_json, message=f"vault {vault}: {', '.join(names)} go to sink {sink}{only}")
 
@@ -361,9 +352,7 @@ def show_vault_notifications(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Show a vault's notification settings."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("GET", _vault_path(vault))
+    answer = call_extension(profile, endpoint_url, "GET", _vault_path(vault))
     report(answer, as_json, title=f"notifications of vault {vault}")
 
 
@@ -375,7 +364,5 @@ def delete_vault_notifications(
     endpoint_url: EndpointOption = None,
 ) -> None:
     """Stop a vault's notifications."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        client.extension("DELETE", _vault_path(vault))
+    call_extension(profile, endpoint_url, "DELETE", _vault_path(vault))
     report({"BackupVaultName": vault, "Deleted": True}, as_json, message=f"vault {vault}: notifications off")

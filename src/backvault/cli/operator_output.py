@@ -69,6 +69,17 @@ def call_api(profile: str | None, endpoint_url: str | None, operation: str, **pa
         return client.call(operation, **parameters)
 
 
+def call_extension(
+    profile: str | None, endpoint_url: str | None, method: str, path: str, body: Any = None
+) -> Any:
+    """Make one call to a /backvault/ extension route for a command; errors end the command."""
+    client = connect(profile, endpoint_url)
+    with api_errors():
+        return (
+            client.extension(method, path, body=body) if body is not None else client.extension(method, path)
+        )
+
+
 def report(answer: Any, as_json: bool, *, message: str | None = None, title: str | None = None) -> None:
     """Print a command's answer: JSON for scripts, else one line (message) or a field table (title)."""
     if as_json:

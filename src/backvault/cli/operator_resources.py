@@ -21,6 +21,7 @@ from backvault.cli.operator_output import (
     ProfileOption,
     api_errors,
     call_api,
+    call_extension,
     connect,
     emit_json,
     find_point_vault,
@@ -256,9 +257,7 @@ def describe_endpoint(
     name: str, as_json: JsonOption = False, profile: ProfileOption = None, endpoint_url: EndpointOption = None
 ) -> None:
     """Show one source endpoint."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("GET", f"/backvault/endpoints/{path_segment(name)}")
+    answer = call_extension(profile, endpoint_url, "GET", f"/backvault/endpoints/{path_segment(name)}")
     report(answer, as_json, title=f"endpoint {name}")
 
 
@@ -330,9 +329,7 @@ def register_endpoint(
         if not request.get(member):
             fail(f"missing {member}: pass {option} (or put it in the -f file)")
     request.setdefault("Connection", {})
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        answer = client.extension("POST", "/backvault/endpoints", body=request)
+    answer = call_extension(profile, endpoint_url, "POST", "/backvault/endpoints", request)
     report(
         answer,
         as_json,
@@ -372,9 +369,7 @@ def delete_endpoint(
     name: str, as_json: JsonOption = False, profile: ProfileOption = None, endpoint_url: EndpointOption = None
 ) -> None:
     """Delete a source endpoint (its resources' recovery points stay)."""
-    client = connect(profile, endpoint_url)
-    with api_errors():
-        client.extension("DELETE", f"/backvault/endpoints/{path_segment(name)}")
+    call_extension(profile, endpoint_url, "DELETE", f"/backvault/endpoints/{path_segment(name)}")
     report({"EndpointName": name, "Deleted": True}, as_json, message=f"deleted endpoint {name}")
 
 

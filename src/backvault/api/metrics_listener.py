@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import stat
 import threading
-import time
 from pathlib import Path
 
 import uvicorn
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from backvault.api.serving import ListenError, serve_in_thread
 from backvault.control.context import ServiceContext
 from backvault.control.metrics import CONTENT_TYPE, render_metrics
 
@@ -104,23 +104,7 @@ def start_metrics_listener(
 ) -> tuple[uvicorn.Server, threading.Thread]:
     """Serve the metrics app on host:port in a thread; raise MetricsListenerError if it cannot listen."""
     check_listen_address(host, port, has_token=token is not None)
-    config = uvicorn.Config(
-        metrics_app(context, token),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="metrics", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not server.started:
-        server.should_exit = True
-        raise MetricsListenerError(
-            f"the metrics listener could not listen on {host}:{port} (see the log above)"
-        )
-    return server, thread
+    try:
+        return serve_in_thread(metrics_app(context, token), host, port, name="metrics", lifespan="off")
+    except ListenError as error:
+        raise MetricsListenerError(str(error)) from None

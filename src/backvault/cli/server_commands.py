@@ -262,28 +262,13 @@ def _start_metrics(context: Any, address: tuple[str, int], token: str | None) ->
 
 def _start_api(context: Any, address: tuple[str, int]) -> tuple[Any, threading.Thread]:
     """Serve backvault.api.app.create_app(context) with uvicorn in a thread."""
-    import uvicorn
-
     from backvault.api.app import create_app
+    from backvault.api.serving import ListenError, serve_in_thread
 
-    config = uvicorn.Config(
-        create_app(context),
-        host=address[0],
-        port=address[1],
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
-    api_server = uvicorn.Server(config)
-    thread = threading.Thread(target=api_server.run, name="api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not api_server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not api_server.started:
-        api_server.should_exit = True
-        fail(f"the HTTP API could not listen on {address[0]}:{address[1]} (see the log above)")
-    return api_server, thread
+    try:
+        return serve_in_thread(create_app(context), address[0], address[1], name="api")
+    except ListenError as error:
+        fail(str(error))
 
 
 class _WorkerPool:

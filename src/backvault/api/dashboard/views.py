@@ -22,6 +22,7 @@ from backvault.control.copy_jobs import list_copy_jobs
 from backvault.control.discovery import list_discovered_resources, list_protected_resources
 from backvault.control.frameworks import describe_framework_compliance, list_frameworks
 from backvault.control.identity import Principal
+from backvault.control.job_engine import JobState
 from backvault.control.recovery_points import list_recovery_points_by_backup_vault
 from backvault.control.restore_jobs import list_restore_jobs
 from backvault.control.restore_testing import list_restore_testing_plans
@@ -40,17 +41,7 @@ JOB_TYPES: dict[str, str] = {
     "COPY": "backup:ListCopyJobs",
     "RESTORE": "backup:ListRestoreJobs",
 }
-JOB_STATES = (
-    "CREATED",
-    "PENDING",
-    "RUNNING",
-    "ABORTING",
-    "ABORTED",
-    "COMPLETED",
-    "FAILED",
-    "EXPIRED",
-    "PARTIAL",
-)
+JOB_STATES = tuple(state.value for state in JobState)
 
 
 class PageForbidden(Exception):

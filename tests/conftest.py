@@ -1,8 +1,16 @@
-"""Shared fixtures: a moto S3 server on 127.0.0.1 and fresh buckets on it."""
+"""Shared fixtures: a moto S3 server on 127.0.0.1 and fresh buckets on it, and the catalog backends.
+
+Catalog tests run on SQLite and on PostgreSQL (``database_url``). PostgreSQL is a throwaway database
+``backvault_test_<random>`` created for the session on ``$BACKVAULT_TEST_POSTGRES_URL`` (default: the
+local server, user postgres, trust auth) and dropped at the end; each test gets its own schema in it.
+An unreachable server fails the tests instead of skipping them: half the contract would otherwise go
+untested without anyone noticing.
+"""
 
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +21,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import OperationalError
 
 TEST_REGION = "us-east-1"
 TEST_ACCESS_KEY = "testing"
@@ -104,3 +115,58 @@ def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
         client.delete_bucket(Bucket=bucket)
     finally:
         client.close()
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "BACKVAULT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[tuple[URL, Engine]]:
+    """Create the session's throwaway PostgreSQL database; yield its URL and an engine on it."""
+    admin_url = make_url(POSTGRES_ADMIN_URL)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as error:
+        admin.dispose()
+        pytest.fail(
+            f"PostgreSQL is not reachable at {admin_url.render_as_string()}: {error.orig}\n"
+            "The catalog tests run on SQLite AND PostgreSQL. Start a local PostgreSQL with trust auth for "
+            "user postgres on 127.0.0.1:5432 (`make test` does), or point BACKVAULT_TEST_POSTGRES_URL at "
+            "one.",
+            pytrace=False,
+        )
+    name = f"backvault_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Yield the catalog URL of one backend: None (the SQLite default in the data dir) or a PG schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    url, engine = request.getfixturevalue("postgres_database")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with engine.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

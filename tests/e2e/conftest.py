@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import OperationalError
 
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # --import-mode=importlib puts no test directory on sys.path
     sys.path.insert(0, _HERE)
 
-from e2e_helpers import POSTGRES_ADMIN_URL, ApiServer, running_server  # noqa: E402
+from e2e_helpers import ApiServer, running_server  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -42,51 +38,6 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-
-
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[tuple[URL, Engine]]:
-    """A throwaway PostgreSQL database for the session; tests get schemas in it."""
-    admin_url = make_url(POSTGRES_ADMIN_URL)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except OperationalError as error:
-        admin.dispose()
-        pytest.fail(
-            f"PostgreSQL is not reachable at {admin_url.render_as_string()}: {error.orig}", pytrace=False
-        )
-    name = f"backvault_e2e_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine = create_engine(admin_url.set(database=name), isolation_level="AUTOCOMMIT")
-    try:
-        yield admin_url.set(database=name), engine
-    finally:
-        engine.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """The catalog of one backend: None (SQLite in the data dir) or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield None
-        return
-    url, engine = request.getfixturevalue("postgres_database")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
-    finally:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
-"""Helpers of the end-to-end tests: a real API server (uvicorn in a thread) and clients for it."""
+"""Helpers of the end-to-end tests: a real API server (uvicorn in a thread or a ``backvault server``
+process) and clients for it."""
 
 from __future__ import annotations
 
 import json
-import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +32,6 @@ from backvault.control.locations import ensure_default_location
 from backvault.control.secrets import load_master_secret
 
 REGION = "local"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "BACKVAULT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres"
-)
 
 
 @dataclass
@@ -129,3 +129,65 @@ def running_server(database_url: str | None, data_dir: Path, **app_options: Any)
             yield ApiServer(url, context, data_dir, key["AccessKeyId"], key["SecretAccessKey"])
     finally:
         catalog.dispose()
+
+
+BACKVAULT = [sys.executable, "-m", "backvault.cli.main"]
+SERVER_STARTED = "backvault server started"
+
+
+def wait_for(what: str, check: Callable[[], Any], process: subprocess.Popen[bytes], log: Path) -> Any:
+    """Poll check() until it returns something true; fail with the log if the process exits or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the server exited ({process.returncode}) before {what}:\n{log.read_text()}"
+            )
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()}")
+
+
+@contextmanager
+def server_process(
+    data_dir: Path, log: Path, environment: dict[str, str], *options: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Run ``backvault server`` (one worker, a fast scheduler, the API on a free port, plus options)
+    until it says it started; yield the process and the API's URL; stop it with SIGTERM, which must
+    end it cleanly."""
+    port = free_port()
+    command = [
+        *BACKVAULT,
+        "server",
+        "--data-dir",
+        str(data_dir),
+        "--workers",
+        "1",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--tick-seconds",
+        "0.5",
+        "--lease-seconds",
+        "5",
+        *options,
+    ]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        wait_for("the server to start", lambda: SERVER_STARTED in log.read_text(), process, log)
+        yield process, f"http://127.0.0.1:{port}"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)

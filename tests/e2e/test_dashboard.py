@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from e2e_helpers import REGION, ApiServer, free_port
+from e2e_helpers import REGION, ApiServer, free_port, server_process, wait_for
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -54,20 +50,6 @@ class ServerProcess:
     metrics_url: str
     log: Path
     process: subprocess.Popen[bytes]
-
-
-def _wait_for(what: str, check: Callable[[], Any], process: subprocess.Popen[bytes], log: Path) -> Any:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the server exited ({process.returncode}) before {what}:\n{log.read_text()}"
-            )
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -119,57 +101,22 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     token_file = tmp_path / "metrics.token"
     token_file.write_text(METRICS_TOKEN + "\n")
     token_file.chmod(0o600)
-    port, metrics_port = free_port(), free_port()
+    metrics_port = free_port()
     environment = {
         **os.environ,
         "BACKVAULT_TEST_FAST_KDF": "1",
         "BACKVAULT_CACHE_DIR": str(tmp_path / "cache"),
     }
     log = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "backvault.cli.main",
-        "server",
-        "--data-dir",
-        str(data_dir),
-        "--workers",
-        "1",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics-listen",
-        f"127.0.0.1:{metrics_port}",
-        "--metrics-token-file",
-        str(token_file),
-        "--tick-seconds",
-        "0.5",
-        "--lease-seconds",
-        "5",
-    ]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            command,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    catalog = open_catalog(None, data_dir)
-    try:
-        _wait_for("the server to start", lambda: "backvault server started" in log.read_text(), process, log)
-        context = ServiceContext(catalog=catalog, master_secret=load_master_secret(data_dir))
-        api = ApiServer(
-            f"http://127.0.0.1:{port}", context, data_dir, key["AccessKeyId"], key["SecretAccessKey"]
-        )
-        yield ServerProcess(api, f"http://127.0.0.1:{metrics_port}/metrics", log, process)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        catalog.dispose()
+    options = ("--metrics-listen", f"127.0.0.1:{metrics_port}", "--metrics-token-file", str(token_file))
+    with server_process(data_dir, log, environment, *options) as (process, url):
+        catalog = open_catalog(None, data_dir)
+        try:
+            context = ServiceContext(catalog=catalog, master_secret=load_master_secret(data_dir))
+            api = ApiServer(url, context, data_dir, key["AccessKeyId"], key["SecretAccessKey"])
+            yield ServerProcess(api, f"http://127.0.0.1:{metrics_port}/metrics", log, process)
+        finally:
+            catalog.dispose()
 
 
 def test_sign_in_see_charts_find_the_job_and_point_then_sign_out(
@@ -183,7 +130,7 @@ def test_sign_in_see_charts_find_the_job_and_point_then_sign_out(
         state = str(client.describe_backup_job(BackupJobId=job_id)["State"])
         return state if state in ("COMPLETED", "FAILED", "ABORTED", "EXPIRED") else None
 
-    assert _wait_for("the backup job", finished, server.process, server.log) == "COMPLETED"
+    assert wait_for("the backup job", finished, server.process, server.log) == "COMPLETED"
 
     base = f"{server.api.endpoint_url}/backvault/dashboard"
     wait = WebDriverWait(browser, 10)

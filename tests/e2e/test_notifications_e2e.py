@@ -10,25 +10,21 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import httpx
 import pytest
-from e2e_helpers import ApiServer, free_port
+from e2e_helpers import BACKVAULT, ApiServer, server_process
 from operator_fixtures import OperatorCli, operator_cli
 
 from backvault.control.notification_senders import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 __all__ = ["operator_cli"]  # the fixture, imported so pytest finds it here
 
-BACKVAULT = [sys.executable, "-m", "backvault.cli.main"]
 HOOK_SECRET = "e2e-webhook-hmac-key-never-shown"
 
 
@@ -71,49 +67,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
     )
     assert bootstrap.returncode == 0, bootstrap.stderr.decode()
     key = json.loads(bootstrap.stdout)
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [
-                *BACKVAULT,
-                "server",
-                "--data-dir",
-                str(data_dir),
-                "--workers",
-                "1",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--tick-seconds",
-                "0.5",
-                "--lease-seconds",
-                "5",
-            ],
-            env=_environment(),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"the server exited:\n{log.read_text()}"
-            try:
-                httpx.get(url + "/openapi.json", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, f"the server did not answer:\n{log.read_text()}"
-                time.sleep(0.2)
-        yield url, key, log
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    with server_process(data_dir, tmp_path / "server.log", _environment()) as (_process, url):
+        yield url, key, tmp_path / "server.log"
 
 
 def test_a_failed_backup_reaches_a_signed_webhook_through_a_real_server(

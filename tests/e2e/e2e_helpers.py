@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,13 +17,13 @@ from typing import Any
 
 import boto3
 import httpx
-import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
 from backvault.api.app import create_app
+from backvault.api.serving import serving as serving_app
 from backvault.control.catalog import open_catalog
 from backvault.control.context import ServiceContext
 from backvault.control.identity import bootstrap_admin
@@ -93,26 +92,8 @@ def free_port() -> int:
 @contextmanager
 def serving(context: ServiceContext, **app_options: Any) -> Iterator[str]:
     """Serve the API for ``context`` on a free port in a thread; yield its URL."""
-    config = uvicorn.Config(
-        create_app(context, region=REGION, **app_options),
-        host="127.0.0.1",
-        port=free_port(),
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="backvault-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving_app(create_app(context, region=REGION, **app_options)) as url:
+        yield url
 
 
 @contextmanager

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import uvicorn
@@ -32,3 +35,18 @@ def serve_in_thread(
         server.should_exit = True
         raise ListenError(f"the {name} listener could not listen on {host}:{port} (see the log above)")
     return server, thread
+
+
+@contextmanager
+def serving(app: Any, host: str = "127.0.0.1", port: int = 0, *, name: str = "api") -> Iterator[str]:
+    """Serve app in a thread while the block runs; yield its base URL. Port 0 takes a free port."""
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    server, thread = serve_in_thread(app, host, port, name=name, lifespan="off")
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +14,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -28,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from backvault.api import identity_routes
 from backvault.api.auth import Principal, authenticate_request, authorize
+from backvault.api.serving import serving
 from backvault.api.throttle import Throttle
 from backvault.control import identity
 from backvault.control.catalog.models import BackupVault
@@ -301,22 +298,8 @@ def _app(context: ServiceContext) -> FastAPI:
 @pytest.fixture
 def server(context: ServiceContext) -> Iterator[str]:
     """Serve the user routes with uvicorn on 127.0.0.1 and yield the base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(_app(context), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    with serving(_app(context)) as url:
+        yield url
 
 
 def call(base: str, key: dict[str, Any], method: str, path: str, document: Any = None) -> httpx.Response:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from control_helpers import ROLE, FakeClock
 
 from backvault.api.app import create_app
 from backvault.api.dashboard.session import COOKIE_NAME, SessionSigner
+from backvault.api.serving import serving
 from backvault.control import identity
 from backvault.control.backup_jobs import start_backup_job
 from backvault.control.catalog import ProtectedResource
@@ -62,24 +59,8 @@ def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def server(context: ServiceContext) -> Iterator[str]:
     """Serve create_app(context) with uvicorn on a free 127.0.0.1 port; yield its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(context), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(context)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -20,6 +16,7 @@ from control_helpers import FakeClock
 from notification_helpers import Receiver
 
 from backvault.api.app import create_app
+from backvault.api.serving import serving
 from backvault.api.throttle import Throttle
 from backvault.control import identity
 from backvault.control.context import ServiceContext
@@ -62,23 +59,9 @@ def api(context: ServiceContext, clock: FakeClock) -> Iterator[Api]:
     clock.current = datetime.now(UTC)  # botocore signs with the real time
     created, key = identity.bootstrap_admin(context)
     assert created and key is not None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     app = create_app(context, region="local", throttle=Throttle(rate_per_second=1000, burst=1000))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Api(f"http://127.0.0.1:{port}", key)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as url:
+        yield Api(url, key)
 
 
 @pytest.fixture

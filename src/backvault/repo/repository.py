@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -65,7 +66,8 @@ class Repository:
         self.key_id = key_id
         self.sealer = Sealer(master.encryption_key)
         self.codec = BlobCodec(self.sealer, master.chunk_id_key, config.compression_level)
-        self.index = ChunkIndex()
+        self._index: ChunkIndex | None = None  # None: not loaded yet (see the index property)
+        self._index_mutex = threading.Lock()
         self.index_ids: set[str] = set()
         self.problems = LoadProblems()
         self.index_loaded_at = 0.0
@@ -104,6 +106,23 @@ class Repository:
 
     # --- index ----------------------------------------------------------------------------
 
+    @property
+    def index(self) -> ChunkIndex:
+        """The chunk index, loaded on first use: a backup that changed nothing never needs it."""
+        index = self._index
+        if index is None:
+            with self._index_mutex:
+                if self._index is None:
+                    self.load_index()
+                index = self._index
+                assert index is not None
+        return index
+
+    @property
+    def index_loaded(self) -> bool:
+        """True once the index has been read (and not dropped by lock_and_refresh since)."""
+        return self._index is not None
+
     def load_index(self) -> None:
         """(Re)load every index object and prune's deletion marks."""
         self.index_loaded_at = time.time()
@@ -125,7 +144,7 @@ class Repository:
             for pack_id, entries in document.packs.items():
                 index.add_pack(pack_id, entries)
         index.condemned_packs = self._read_condemned_packs()
-        self.index = index
+        self._index = index
         self.index_ids = set(documents) - superseded
 
     def _read_condemned_packs(self) -> set[str]:
@@ -282,10 +301,15 @@ class Repository:
         return any(held.key and held.created <= self.index_loaded_at for held in self._held_locks)
 
     def lock_and_refresh(self, *, exclusive: bool = False) -> RepositoryLock:
-        """Lock, then reload the index if it was read before any held lock (prune's sweep rule needs it)."""
+        """Lock, then make sure the index is (re)read under it (prune's sweep rule needs it).
+
+        An index read before any held lock is dropped; the next use reads it again, now under
+        the lock. Reading it lazily lets a backup that changes nothing skip it entirely.
+        """
         lock = self.lock(exclusive=exclusive)
         if not self.index_is_protected():
-            self.load_index()
+            with self._index_mutex:
+                self._index = None
         return lock
 
     def writer(self, *, threads: int = 2) -> BackupWriter:

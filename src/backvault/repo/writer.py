@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
@@ -58,6 +59,8 @@ class BackupWriter:
         self.stats = WriterStats()
         self._mutex = threading.Lock()
         self._pending: set[bytes] = set()
+        # Ids known to be stored without asking the index (see vouch_for).
+        self._vouched: set[bytes] = set()
         self._builder = PackBuilder()
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
         self._slots = threading.BoundedSemaphore(max(1, threads) * 2)
@@ -168,11 +171,24 @@ class BackupWriter:
         """Store a serialised tree (deduplicated) and return its id."""
         return self._save_blob(tree.serialize(), BlobType.TREE, None)
 
+    def vouch_for(self, chunk_ids: Iterable[str]) -> None:
+        """Record blobs known to be stored because the parent snapshot (which exists) references them.
+
+        Dedup then answers for them without the index, so a backup that finds nothing changed
+        never loads it. The parent cannot be pruned meanwhile: this writer holds a lock.
+        """
+        with self._mutex:
+            self._vouched.update(bytes.fromhex(chunk_id) for chunk_id in chunk_ids)
+
     def has_chunk(self, chunk_id: str) -> bool:
         """True when the chunk is already stored or being stored by this writer."""
         blob_id = bytes.fromhex(chunk_id)
         with self._mutex:
-            return blob_id in self._pending or self.repository.index.has_live(blob_id)
+            return self._known(blob_id)
+
+    def _known(self, blob_id: bytes) -> bool:
+        """Stored or being stored (call with the mutex held)."""
+        return blob_id in self._pending or blob_id in self._vouched or self.repository.index.has_live(blob_id)
 
     def _save_blob(
         self, data: bytes | memoryview, blob_type: BlobType, futures: list[Future[None]] | None
@@ -181,7 +197,7 @@ class BackupWriter:
         blob_id = self.repository.codec.blob_id(blob_type, data)
         with self._mutex:
             self.stats.bytes_read += len(data) if blob_type == BlobType.DATA else 0
-            if blob_id in self._pending or self.repository.index.has_live(blob_id):
+            if self._known(blob_id):
                 self.stats.chunks_reused += 1
                 return blob_id.hex()
             self._pending.add(blob_id)

@@ -98,8 +98,9 @@ def test_prune_defers_while_an_older_backup_runs_and_resurrects_what_it_used(rep
     with repository.writer() as writer:
         old = save(writer, {b"shared": shared})
     repository.store.delete(f"snapshots/{old.id}")
-    concurrent = Repository.open(repository.store, "pw")  # loaded the index before the mark
+    concurrent = Repository.open(repository.store, "pw")
     with concurrent.writer() as writer:
+        assert len(concurrent.index) > 0  # the backup reads the index (under its lock) before the mark
         report = prune(repository, grace_seconds=0)
         assert report.packs_marked > 0 and report.marks_deferred == 1 and report.packs_deleted == 0
         # the running backup dedups against the condemned data: its index predates the mark

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from filesystem_helpers import new_repository
+from filesystem_helpers import PASSWORD, new_repository
 
 from backvault.repo.repository import Repository
 from backvault.repo.snapshot import Snapshot
@@ -127,19 +127,36 @@ def test_the_directory_cache_spares_loading_unchanged_trees(
     loaded = count_tree_loads(repo, monkeypatch)
     second = backup_paths(repo, [str(source)], parent=first)
     assert second.tree == first.tree
-    assert loaded == [first.tree]  # only the parent's root tree, to find the old root node
+    assert loaded == []  # not even the parent's root tree: the cache knows the root directory
     (source / "dir2" / "nested" / "new").write_bytes(b"new file")
     loaded.clear()
     third = backup_paths(repo, [str(source)], parent=second)
     assert third.summary["files_new"] == 1
     assert third.summary["bytes_read"] == 8
     assert third.summary["files_unmodified"] == second.summary["files_unmodified"]
-    # The root, then dir2/nested which changed, then its parents rebuilt on the way up.
-    assert len(loaded) == 4
+    # dir2/nested which changed, then its parents rebuilt on the way up.
+    assert len(loaded) == 3
     target = source.parent / "restore"
     assert restore_snapshot(repo, third, str(target)).errors == []
     assert (target / "src" / "dir2" / "nested" / "new").read_bytes() == b"new file"
     assert (target / "src" / "dir3" / "file9").read_bytes() == (source / "dir3" / "file9").read_bytes()
+
+
+def test_an_unchanged_backup_never_reads_the_index(repo: Repository, source: Path) -> None:
+    first = backup_paths(repo, [str(source)])
+    fresh = Repository.open(repo.store, PASSWORD, load_index=False)
+    second = backup_paths(fresh, [str(source)], parent=first)
+    assert second.tree == first.tree and second.summary["bytes_read"] == 0
+    assert not fresh.index_loaded
+    assert len(list(repo.store.list("data/"))) == len(list(fresh.store.list("index/")))  # no new pack
+    (source / "dir1" / "file3").write_bytes(b"changed")
+    (source / "dir0" / "copy").write_bytes((source / "dir3" / "file9").read_bytes())
+    third = backup_paths(fresh, [str(source)], parent=second)
+    assert fresh.index_loaded  # new content must be deduplicated against the index
+    assert third.summary["chunks_reused"] == 1  # the copy's content, found in the index
+    target = source.parent / "restore"
+    assert restore_snapshot(fresh, third, str(target)).errors == []
+    assert (target / "src" / "dir0" / "copy").read_bytes() == (source / "dir3" / "file9").read_bytes()
 
 
 def test_without_the_directory_cache_every_parent_tree_is_loaded(

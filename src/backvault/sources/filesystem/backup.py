@@ -80,6 +80,24 @@ def _parent_roots(repo: Repository, parent: Snapshot | None) -> dict[str, Node]:
     return roots
 
 
+def _cached_roots(cached: DirectoryCache | None, paths: list[str]) -> dict[str, Node] | None:
+    """Stand-in root nodes from the directory cache when it knows every path, else None.
+
+    They carry only the subtree id, so the walk trusts the cache below each root without the
+    parent's root tree being read (which would need the index); the root nodes themselves are
+    rebuilt from lstat, giving the parent's tree id again when nothing changed.
+    """
+    if cached is None:
+        return None
+    roots: dict[str, Node] = {}
+    for path, name in zip(paths, root_names(paths), strict=True):
+        entry = cached.get(b"" if path == "/" else os.fsencode(path))
+        if entry is None:
+            return None
+        roots[path] = Node(name, "dir", subtree=entry[1])
+    return roots
+
+
 def latest_parent(repo: Repository, paths: Sequence[str], hostname: str | None = None) -> Snapshot | None:
     """Return the newest snapshot of the same paths from this host, the usual parent (like restic)."""
     wanted = sorted(_absolute(paths))
@@ -140,13 +158,18 @@ def backup_paths(
     started = datetime.now(UTC)
     hostname = os.uname().nodename
     matcher = ExcludeMatcher(excludes)
-    old_roots = _parent_roots(repo, parent)
     location = None
     if use_cache:
         base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         location = cache_path(base, repo.config.id, hostname, absolute)
     cached = _directory_cache(repo, parent, location)
+    old_roots = _cached_roots(cached, absolute)
+    if old_roots is None:
+        old_roots = _parent_roots(repo, parent)
     with repo.writer() as writer:
+        if cached is not None and parent is not None:
+            # The parent exists and references these trees, so they are stored: no index needed.
+            writer.vouch_for([parent.tree, *(tree_id for _, tree_id in cached.values())])
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
         try:
             walker = Walker(repo, writer, pool, threads, matcher, one_file_system, progress, cached)

@@ -36,7 +36,11 @@ MODE_BITS: dict[NodeType, int] = {
 
 def node_type(mode: int) -> NodeType | None:
     """Return the node type for an st_mode, or None for something unknown (e.g. a door)."""
-    return _TYPES.get(stat.S_IFMT(mode))
+    return _TYPES.get(mode & FORMAT_BITS)
+
+
+FORMAT_BITS = 0o170000  # stat.S_IFMT's mask
+NODE_TYPES: dict[int, NodeType] = _TYPES  # st_mode & FORMAT_BITS -> type, for loops that inline node_type
 
 
 class NameCache:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from backvault.repo.writer import BackupWriter
 from backvault.sources.filesystem.metadata import read_xattrs
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 # O_NONBLOCK: a file swapped for a FIFO after lstat must not hang the backup.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -62,7 +65,8 @@ def save_file_content(writer: BackupWriter, dir_fd: int | None, name: bytes) -> 
 
 def list_directory(fd: int) -> list[bytes]:
     """Return the entry names of an open directory, sorted by raw bytes."""
-    return sorted(os.fsencode(name) for name in os.listdir(fd))
+    # What os.fsencode does, without its per-name call (listdir of an fd gives str names).
+    return sorted([name.encode(_FS_ENCODING, _FS_ERRORS) for name in os.listdir(fd)])
 
 
 def describe(error: OSError) -> str:

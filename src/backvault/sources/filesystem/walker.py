@@ -32,6 +32,8 @@ from backvault.sources.filesystem.backup_cache import (
 )
 from backvault.sources.filesystem.excludes import ExcludeMatcher
 from backvault.sources.filesystem.metadata import (
+    FORMAT_BITS,
+    NODE_TYPES,
     NameCache,
     node_from_stat,
     node_type,
@@ -310,16 +312,17 @@ class Walker:
         full_paths = excludes.needs_paths
         root_length = len(self.root)
         entries: list[_Entry] = []
+        lstat, types = os.lstat, NODE_TYPES  # locals: this loop runs once per entry of the tree
         for name in names:
             child = path + b"/" + name
             if excludes and excludes.excluded(name, child, child[root_length:] if full_paths else b""):
                 continue
             try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                st = lstat(name, dir_fd=fd)
             except OSError as error:
                 self.error(child, describe(error))
                 continue
-            kind = node_type(st.st_mode)
+            kind = types.get(st.st_mode & FORMAT_BITS)
             if kind is None:
                 self.error(child, f"unsupported file type {stat.S_IFMT(st.st_mode):o}")
                 continue

@@ -91,6 +91,10 @@ def backup(
     parent: Annotated[
         str | None, typer.Option("--parent", help="Parent snapshot for change detection")
     ] = None,
+    with_atime: Annotated[
+        bool,
+        typer.Option("--with-atime", help="Record access times (by default a node's atime is its mtime)"),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -112,6 +116,7 @@ def backup(
                 one_file_system=one_file_system,
                 parent=parent_snapshot,
                 progress=progress.update,
+                with_atime=with_atime,
             )
     if json_output:
         print_json(snapshot.to_json())

@@ -159,6 +159,43 @@ def test_an_unchanged_backup_never_reads_the_index(repo: Repository, source: Pat
     assert (target / "src" / "dir0" / "copy").read_bytes() == (source / "dir3" / "file9").read_bytes()
 
 
+def test_reading_the_tree_changes_no_tree_unless_access_times_are_recorded(
+    repo: Repository, source: Path
+) -> None:
+    first = backup_paths(repo, [str(source)])
+    file = source / "dir1" / "file3"
+    read_before = os.stat(file).st_atime_ns
+    for directory, _, names in os.walk(source):  # what `grep -r` does: every atime moves once
+        for name in names:
+            Path(directory, name).read_bytes()
+    assert os.stat(file).st_atime_ns != read_before  # relatime moved it: a real access-time change
+    second = backup_paths(repo, [str(source)], parent=first)
+    assert second.tree == first.tree and second.summary["chunks_new"] == 0
+    target = source.parent / "restore"
+    assert restore_snapshot(repo, second, str(target)).errors == []
+    restored = os.stat(target / "src" / "dir1" / "file3")
+    assert restored.st_atime_ns == restored.st_mtime_ns == os.stat(file).st_mtime_ns
+    # Recorded on request: then the same reads make new trees.
+    third = backup_paths(repo, [str(source)], parent=second, with_atime=True)
+    for directory, _, names in os.walk(source):
+        for name in names:
+            Path(directory, name).read_bytes()
+    fourth = backup_paths(repo, [str(source)], parent=third, with_atime=True)
+    assert third.tree != second.tree
+    assert os.stat(file).st_atime_ns in {
+        node.atime_ns for node in repo.load_tree(_subtree(repo, fourth, b"dir1")).nodes
+    }
+
+
+def _subtree(repo: Repository, snapshot: Snapshot, name: bytes) -> str:
+    """The tree id of src/<name> in a snapshot of the source fixture."""
+    src = repo.load_tree(snapshot.tree).find(b"src")
+    assert src is not None and src.subtree is not None
+    node = repo.load_tree(src.subtree).find(name)
+    assert node is not None and node.subtree is not None
+    return node.subtree
+
+
 def test_without_the_directory_cache_every_parent_tree_is_loaded(
     repo: Repository, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -144,13 +144,15 @@ def backup_paths(
     threads: int = 2,
     cache_dir: str | None = None,
     use_cache: bool = True,
+    with_atime: bool = False,
 ) -> Snapshot:
     """Back up paths into repo and return the committed snapshot (partial=True if items were skipped).
 
     Unchanged files are taken from parent without being read; a local directory cache
     (in cache_dir, default: see backup_cache.default_cache_dir) makes that fast. threads
     read files of reading.INLINE_SIZE (512 KiB) and more: two keep up with the walking thread, and each
-    holds a file (up to 16 MiB) in memory (docs/benchmarks.md).
+    holds a file (up to 16 MiB) in memory (docs/benchmarks.md). Access times are recorded only
+    with with_atime (see metadata.NameCache).
     """
     if threads < 1:
         raise ValueError("threads must be at least 1")
@@ -172,7 +174,17 @@ def backup_paths(
             writer.vouch_for([parent.tree, *(tree_id for _, tree_id in cached.values())])
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
         try:
-            walker = Walker(repo, writer, pool, threads, matcher, one_file_system, progress, cached)
+            walker = Walker(
+                repo,
+                writer,
+                pool,
+                threads,
+                matcher,
+                one_file_system,
+                progress,
+                cached,
+                record_atime=with_atime,
+            )
             nodes: list[Node] = []
             for path, name in zip(absolute, root_names(absolute), strict=True):
                 node = walker.root_entry(os.fsencode(path), name, old_roots.get(path))

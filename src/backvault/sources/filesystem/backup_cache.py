@@ -26,8 +26,9 @@ import tempfile
 from pathlib import Path
 
 from backvault.repo.tree import Node, NodeType
+from backvault.sources.filesystem.metadata import NameCache
 
-_MAGIC = b"backvault directory cache 1\n"
+_MAGIC = b"backvault directory cache 2\n"  # 2: signatures hold the atime a node records
 _DIGEST_SIZE = 32
 
 # One directory: (signature of its entries, tree id).
@@ -35,7 +36,7 @@ DirectoryCache = dict[bytes, tuple[bytes, str]]
 Signature = tuple[bytes, str, int, int, int, str, str, int, int, int, int, int, int, int, int]
 
 
-def entry_signature(name: bytes, kind: NodeType, st: os.stat_result, user: str, group: str) -> Signature:
+def entry_signature(name: bytes, kind: NodeType, st: os.stat_result, names: NameCache) -> Signature:
     """The node fields an entry would get from this lstat result, as one comparable tuple."""
     return (
         name,
@@ -43,10 +44,10 @@ def entry_signature(name: bytes, kind: NodeType, st: os.stat_result, user: str, 
         stat.S_IMODE(st.st_mode),
         st.st_uid,
         st.st_gid,
-        user,
-        group,
+        names.user(st.st_uid),
+        names.group(st.st_gid),
         st.st_mtime_ns,
-        0 if kind == "symlink" else st.st_atime_ns,  # readlink moves it; the node keeps the old value
+        0 if kind == "symlink" else names.atime_ns(st),  # readlink moves it; the node keeps the old value
         st.st_ctime_ns,
         st.st_ino,
         st.st_dev,

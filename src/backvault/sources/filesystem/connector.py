@@ -5,7 +5,8 @@ Endpoint connection settings::
     {"root": "/abs/dir",              # required: the directory whose subdirectories are resources
      "excludes": ["*.tmp", ...],      # optional: exclude patterns applied to every backup
      "one_file_system": false,        # optional: do not cross filesystem boundaries
-     "cache_dir": "/abs/cache"}       # optional: where the local files cache lives
+     "cache_dir": "/abs/cache",       # optional: where the local files cache lives
+     "with_atime": false}             # optional: record access times (see metadata.NameCache)
 
 Discovery lists the immediate subdirectories of the root (hidden ones, starting with ``.``, and
 symlinks are skipped). A resource's tags come from an optional ``.backvault-tags`` file in its
@@ -64,7 +65,7 @@ TAGS_FILE_NAME = ".backvault-tags"
 MAX_TAGS_FILE_BYTES = 64 * 1024
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
-_CONNECTION_KEYS = {"root", "excludes", "one_file_system", "cache_dir"}
+_CONNECTION_KEYS = {"root", "excludes", "one_file_system", "cache_dir", "with_atime"}
 _RESTORE_KEYS = {"TargetPath", "Overwrite"}
 _HEARTBEAT_INTERVAL = 1.0  # seconds; the walk reports progress more often than a lease needs
 _READ_BLOCK = 1 << 20
@@ -161,6 +162,7 @@ class FilesystemConnector:
                 parent=parent,
                 progress=lambda info: heartbeat(info.bytes_read),
                 cache_dir=settings.get("cache_dir"),
+                with_atime=bool(settings.get("with_atime", False)),
             )
         except BackupError as error:
             raise ConnectorError(f"Backup of {path} failed: {error}.") from None
@@ -358,8 +360,9 @@ def _settings(endpoint: EndpointSpec) -> dict[str, Any]:
         not isinstance(excludes, list | tuple) or not all(isinstance(item, str) for item in excludes)
     ):
         raise ConnectorError(f"Endpoint {endpoint.name!r}: 'excludes' must be a list of patterns.")
-    if not isinstance(connection.get("one_file_system", False), bool):
-        raise ConnectorError(f"Endpoint {endpoint.name!r}: 'one_file_system' must be true or false.")
+    for flag in ("one_file_system", "with_atime"):
+        if not isinstance(connection.get(flag, False), bool):
+            raise ConnectorError(f"Endpoint {endpoint.name!r}: {flag!r} must be true or false.")
     cache_dir = connection.get("cache_dir")
     if cache_dir is not None and (not isinstance(cache_dir, str) or not os.path.isabs(cache_dir)):
         raise ConnectorError(f"Endpoint {endpoint.name!r}: 'cache_dir' must be an absolute path.")

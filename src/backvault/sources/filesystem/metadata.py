@@ -44,11 +44,22 @@ NODE_TYPES: dict[int, NodeType] = _TYPES  # st_mode & FORMAT_BITS -> type, for l
 
 
 class NameCache:
-    """uid -> user name and gid -> group name, looked up once each."""
+    """How one backup turns lstat results into node fields: names looked up once, atime or not.
 
-    def __init__(self) -> None:
+    uid -> user name and gid -> group name are looked up once each. Access times are
+    recorded only with record_atime (like restic's --with-atime): reading a file or listing
+    a directory moves them, so recording them rewrites every tree after a `find` or a
+    `grep -r`. Without it a node's atime is its mtime, and restore sets both to that.
+    """
+
+    def __init__(self, *, record_atime: bool = False) -> None:
+        self.record_atime = record_atime
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
+
+    def atime_ns(self, st: os.stat_result) -> int:
+        """The access time a node gets from st."""
+        return st.st_atime_ns if self.record_atime else st.st_mtime_ns
 
     def user(self, uid: int) -> str:
         """Return the local name of uid, or "" when it has none."""
@@ -84,7 +95,7 @@ def node_from_stat(name: bytes, kind: NodeType, st: os.stat_result, names: NameC
         user=names.user(st.st_uid),
         group=names.group(st.st_gid),
         mtime_ns=st.st_mtime_ns,
-        atime_ns=st.st_atime_ns,
+        atime_ns=names.atime_ns(st),
         ctime_ns=st.st_ctime_ns,
         inode=st.st_ino,
         device_id=st.st_dev,
@@ -107,7 +118,7 @@ def same_metadata(old: Node, st: os.stat_result, names: NameCache) -> bool:
         old.ctime_ns == st.st_ctime_ns
         and old.mtime_ns == st.st_mtime_ns
         and old.inode == st.st_ino
-        and (old.atime_ns == st.st_atime_ns or old.type == "symlink")
+        and (old.atime_ns == names.atime_ns(st) or old.type == "symlink")
         and old.device_id == st.st_dev
         and old.mode == stat.S_IMODE(st.st_mode)
         and old.uid == st.st_uid

@@ -89,6 +89,8 @@ class Walker:
         one_file_system: bool,
         progress: Callable[[ProgressInfo], None] | None,
         cached: DirectoryCache | None = None,
+        *,
+        record_atime: bool = False,
     ) -> None:
         self.repo = repo
         self.writer = writer
@@ -97,7 +99,7 @@ class Walker:
         self.progress = progress
         self.cached: DirectoryCache = cached or {}
         self.new_cache: DirectoryCache = {}
-        self.names = NameCache()
+        self.names = NameCache(record_atime=record_atime)
         self.files = reading.FileQueue(writer, pool, threads)
         self.errors: list[dict[str, str]] = []
         self.counts = dict.fromkeys(
@@ -336,8 +338,7 @@ class Walker:
             return False
         names = self.names
         signatures: list[Signature] = [
-            entry_signature(name, kind, st, names.user(st.st_uid), names.group(st.st_gid))
-            for name, _, st, kind in entries
+            entry_signature(name, kind, st, names) for name, _, st, kind in entries
         ]
         return digest(signatures) == cached[0]
 

@@ -210,33 +210,13 @@ class BackupWriter:
             futures.append(future)
         return blob_id.hex()
 
-    def add_encoded(self, blob_id: bytes, stored: bytes | None, raw_length: int) -> str:
-        """Store a data chunk encoded elsewhere (a backup worker process); returns its id.
-
-        A duplicate is dropped. stored may be None only for a chunk this writer already has
-        (pending or stored): a worker sends a repeat's id only.
-        """
-        with self._mutex:
-            self.stats.bytes_read += raw_length
-            if self._known(blob_id):
-                self.stats.chunks_reused += 1
-                return blob_id.hex()
-            if stored is None:
-                raise ValueError(f"chunk {blob_id.hex()} was sent without its bytes but is not stored")
-            self._pending.add(blob_id)
-        self._pack(BlobType.DATA, blob_id, stored, raw_length)
-        return blob_id.hex()
-
     def _encode_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
-        self._pack(blob_type, blob_id, self.repository.codec.encode(blob_type, blob_id, data), len(data))
-
-    def _pack(self, blob_type: BlobType, blob_id: bytes, stored: bytes, raw_length: int) -> None:
-        """Add an encoded blob (already marked pending) to the pack; upload the pack when full."""
+        stored = self.repository.codec.encode(blob_type, blob_id, data)
         full: PackBuilder | None = None
         with self._mutex:
-            self._builder.add(blob_type, blob_id, stored, raw_length)
+            self._builder.add(blob_type, blob_id, stored, len(data))
             self.stats.chunks_new += 1
-            self.stats.bytes_new += raw_length
+            self.stats.bytes_new += len(data)
             self.stats.bytes_stored += len(stored)
             if self._builder.size >= self.repository.config.pack_size:
                 full, self._builder = self._builder, PackBuilder()

@@ -20,7 +20,6 @@ from backvault.sources.filesystem.backup_cache import (
     load_cache,
     save_cache,
 )
-from backvault.sources.filesystem.encoders import START_AFTER, EncoderPool, default_encoders
 from backvault.sources.filesystem.excludes import ExcludeMatcher
 from backvault.sources.filesystem.walker import ProgressInfo, Walker
 
@@ -145,8 +144,6 @@ def backup_paths(
     threads: int = 2,
     cache_dir: str | None = None,
     use_cache: bool = True,
-    encoders: int | None = None,
-    encoders_after: int = START_AFTER,
     with_atime: bool = False,
 ) -> Snapshot:
     """Back up paths into repo and return the committed snapshot (partial=True if items were skipped).
@@ -154,10 +151,8 @@ def backup_paths(
     Unchanged files are taken from parent without being read; a local directory cache
     (in cache_dir, default: see backup_cache.default_cache_dir) makes that fast. threads
     read files of reading.INLINE_SIZE (512 KiB) and more: two keep up with the walking thread, and each
-    holds a file (up to 16 MiB) in memory (docs/benchmarks.md). Smaller files are read, compressed
-    and sealed by encoders worker processes (default: one per core, none on one core) once the walk
-    has met encoders_after of them; below that they are read in this process. Access times are
-    recorded only with with_atime (see metadata.NameCache).
+    holds a file (up to 16 MiB) in memory (docs/benchmarks.md). Access times are recorded only
+    with with_atime (see metadata.NameCache).
     """
     if threads < 1:
         raise ValueError("threads must be at least 1")
@@ -178,32 +173,24 @@ def backup_paths(
             # The parent exists and references these trees, so they are stored: no index needed.
             writer.vouch_for([parent.tree, *(tree_id for _, tree_id in cached.values())])
         pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
-        workers = default_encoders() if encoders is None else encoders
-        encoder_pool = EncoderPool(repo, writer, workers, encoders_after)
-        walker = Walker(
-            repo,
-            writer,
-            pool,
-            threads,
-            matcher,
-            one_file_system,
-            progress,
-            cached,
-            encoder_pool,
-            record_atime=with_atime,
-        )
         try:
+            walker = Walker(
+                repo,
+                writer,
+                pool,
+                threads,
+                matcher,
+                one_file_system,
+                progress,
+                cached,
+                record_atime=with_atime,
+            )
             nodes: list[Node] = []
             for path, name in zip(absolute, root_names(absolute), strict=True):
                 node = walker.root_entry(os.fsencode(path), name, old_roots.get(path))
                 if node is not None:
                     nodes.append(node)
-        except BaseException:
-            encoder_pool.close(kill=True)  # before the writer flushes: no worker may add to it then
-            raise
         finally:
-            encoder_pool.close()
-            walker.close()
             pool.shutdown(wait=True, cancel_futures=True)
         root_tree = writer.save_tree(Tree(nodes))
         walker.report(b"", force=True)

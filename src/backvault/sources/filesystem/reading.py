@@ -9,13 +9,9 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from backvault.repo.writer import BackupWriter
 from backvault.sources.filesystem.metadata import read_xattrs
-
-if TYPE_CHECKING:
-    from backvault.sources.filesystem.encoders import EncoderPool
 
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -23,12 +19,9 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 # O_NONBLOCK: a file swapped for a FIFO after lstat must not hang the backup.
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Files smaller than this are read by the walking thread, or in batches by encoder worker
-# processes once the backup is big. Each one is a single blob whose cost is Python overhead
-# under the GIL; handing it to a thread only adds GIL contention (docs/benchmarks.md).
+# Files smaller than this are read by the walking thread. Each one is a single blob whose
+# cost is Python overhead under the GIL; handing it to a worker only adds GIL contention.
 INLINE_SIZE = 512 * 1024
-# Longer paths stay in-process, opened relative to their directory (PATH_MAX is 4096).
-MAX_WORKER_PATH = 4000
 
 
 @dataclass
@@ -84,61 +77,35 @@ def describe(error: OSError) -> str:
 
 
 class FileQueue:
-    """Reads files into the repository: big ones on worker threads, small ones right away or in
-    encoder worker processes (encoders, once the backup is big)."""
+    """Reads files into the repository: big ones on worker threads, small ones right away."""
 
-    def __init__(
-        self,
-        writer: BackupWriter,
-        pool: ThreadPoolExecutor,
-        threads: int,
-        encoders: EncoderPool | None = None,
-    ) -> None:
+    def __init__(self, writer: BackupWriter, pool: ThreadPoolExecutor, threads: int) -> None:
         self.writer = writer
         self.pool = pool
-        self.encoders = encoders
         # Bounds queued work so a huge directory does not pile up thousands of futures.
         self.slots = threading.BoundedSemaphore(max(16, threads * 8))
         self.hard_links: dict[tuple[int, int], Future[FileContent]] = {}
         # Futures whose bytes are not counted yet: hard links share one read.
         self.unread: set[Future[FileContent]] = set()
 
-    def submit(
-        self, dir_fd: int | None, name: bytes, st: os.stat_result, path: bytes = b""
-    ) -> Future[FileContent]:
-        """Queue a file for reading; hard links to an inode already queued share its future.
-
-        path is the file's absolute path, which an encoder worker opens it by (b"": never).
-        """
+    def submit(self, dir_fd: int | None, name: bytes, st: os.stat_result) -> Future[FileContent]:
+        """Queue a file for reading; hard links to an inode already queued share its future."""
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             shared = self.hard_links.get(key)
             if shared is not None:
                 return shared
-        encoders = self.encoders
-        future: Future[FileContent]
-        if (
-            st.st_size < INLINE_SIZE
-            and encoders is not None
-            and 0 < len(path) <= MAX_WORKER_PATH
-            and encoders.wanted()
-        ):
-            future = encoders.submit(path, st)
-        elif st.st_size < INLINE_SIZE:
-            future = Future()
+        if st.st_size < INLINE_SIZE:
+            future: Future[FileContent] = Future()
             try:
                 future.set_result(save_file_content(self.writer, dir_fd, name))
             except OSError as error:
                 future.set_exception(error)
         else:
             self.slots.acquire()
-            # The walk closes the directory before the file is read: the thread gets its own fd.
-            held = os.dup(dir_fd) if dir_fd is not None else None
             try:
-                future = self.pool.submit(self._read, held, name)
+                future = self.pool.submit(self._read, dir_fd, name)
             except BaseException:
-                if held is not None:
-                    os.close(held)
                 self.slots.release()
                 raise
         if st.st_nlink > 1:
@@ -146,17 +113,10 @@ class FileQueue:
         self.unread.add(future)
         return future
 
-    def flush(self) -> None:
-        """Send the files collected for the encoder workers (before waiting on one of them)."""
-        if self.encoders is not None:
-            self.encoders.flush()
-
     def _read(self, dir_fd: int | None, name: bytes) -> FileContent:
         try:
             return save_file_content(self.writer, dir_fd, name)
         finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
             self.slots.release()
 
     def first_use(self, future: Future[FileContent]) -> bool:

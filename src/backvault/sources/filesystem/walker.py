@@ -1,20 +1,12 @@
-"""The directory walk behind backup_paths: one run's state, counters and worker pools.
+"""The directory walk behind backup_paths: one run's state, counters and worker pool.
 
 The walk works on raw byte names and opens everything relative to its parent
 directory's file descriptor, so names that are not UTF-8 and paths longer than
-PATH_MAX work, and nothing is ever followed through a symlink. Big files are read by a
-small thread pool and, once the backup is big, small ones by encoder worker processes
-(encoders.py); files whose metadata matches the parent snapshot are taken from it
-without being opened (the "files cache"), and a directory whose entries are all
-unchanged keeps its parent tree id without being re-serialised (and, with a matching
-local directory cache, without the parent tree being loaded).
-
-Each directory is walked in two phases so the walk runs ahead of the file reads. Its
-open phase lists and lstats the entries, queues the files to be read and descends into
-the subdirectories; it then waits in a FIFO. Its close phase builds the nodes, saves
-the tree and records the directory cache entry, once its files are read or when the
-window of outstanding work is full. The FIFO is in post-order (a directory is queued
-after all of its subdirectories), so a directory closes after its children.
+PATH_MAX work, and nothing is ever followed through a symlink. File contents are
+read by a small thread pool; files whose metadata matches the parent snapshot are
+taken from it without being opened (the "files cache"), and a directory whose
+entries are all unchanged keeps its parent tree id without being re-serialised
+(and, with a matching local directory cache, without the parent tree being loaded).
 """
 
 from __future__ import annotations
@@ -22,14 +14,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.repository import Repository
-from backvault.repo.tree import Node, Tree
+from backvault.repo.tree import Node, NodeType, Tree
 from backvault.repo.writer import BackupWriter
 from backvault.sources.filesystem import reading
 from backvault.sources.filesystem.backup_cache import (
@@ -39,59 +30,54 @@ from backvault.sources.filesystem.backup_cache import (
     entry_signature,
     node_signature,
 )
-from backvault.sources.filesystem.encoders import EncoderPool
 from backvault.sources.filesystem.excludes import ExcludeMatcher
 from backvault.sources.filesystem.metadata import (
     FORMAT_BITS,
     NODE_TYPES,
     NameCache,
+    node_from_stat,
     node_type,
     read_xattrs,
+    same_metadata,
 )
 from backvault.sources.filesystem.reading import DIRECTORY_FLAGS, FileContent, describe, open_noatime
-from backvault.sources.filesystem.walk_nodes import (
-    Descended,
-    Entry,
-    NodeMaker,
-    ProgressInfo,
-    same_inode,
-)
 
-__all__ = ["Descended", "ProgressInfo", "Walker"]
-
-# Directories wait to be closed until one of these is reached (then the oldest is closed,
-# waiting for its files): files still being read, directories queued, and directory fds
-# held open (by trusted directories, which may have to read their files when closed).
-WINDOW_FILES = 4096
-WINDOW_DIRECTORIES = 8192
-WINDOW_FDS = 256
+_PROGRESS_INTERVAL = 0.25  # seconds between progress callbacks
 
 
-@dataclass(eq=False)
-class _Open:
-    """A directory whose open phase is done: it waits in the FIFO to be closed."""
+@dataclass
+class ProgressInfo:
+    """What the backup has done so far, passed to the progress callback."""
 
-    path: bytes
-    st: os.stat_result
-    entries: list[Entry]
-    old_tree_id: str | None
-    old_tree: Tree | None
-    old_nodes: dict[bytes, Node]
-    trusted: bool
-    xattrs: dict[str, bytes] | None
-    results: list[_Result] = field(default_factory=list)
-    waiting: list[Future[FileContent]] = field(default_factory=list)  # files not read yet
-    counted: int = 0  # len(waiting) when queued, for the window
-    fd: int | None = None  # held by a trusted directory until it is closed
-    walked: Descended | None = None  # set when closed; None: not closed or failed (reported)
+    files: int
+    dirs: int
+    bytes_read: int
+    errors: int
+    elapsed: float
+    current: str = ""  # the directory just finished
 
 
-# None: skipped (reported) or not decided yet
-_Result = Node | Future[FileContent] | Descended | _Open | None
+@dataclass
+class Descended:
+    """A directory that was walked: its lstat, new tree id and whether that id is the old one."""
+
+    stat: os.stat_result
+    subtree: str
+    unchanged: bool
+    xattrs: dict[str, bytes] | None  # None: not read, take them from the old node
 
 
-class Walker(NodeMaker):
-    """State of one backup run: counters, errors, the worker pools, the directory caches."""
+_Entry = tuple[bytes, bytes, os.stat_result, NodeType]  # name, path, lstat, type
+_Result = Node | Future[FileContent] | Descended | None  # None: skipped (reported) or not decided yet
+
+
+def _same_inode(old: Node | None, st: os.stat_result) -> bool:
+    """Tell whether old is the same, untouched inode (so its xattrs and link target still hold)."""
+    return old is not None and old.inode == st.st_ino and old.ctime_ns == st.st_ctime_ns
+
+
+class Walker:
+    """State of one backup run: counters, errors, the worker pool, the directory caches."""
 
     def __init__(
         self,
@@ -103,7 +89,6 @@ class Walker(NodeMaker):
         one_file_system: bool,
         progress: Callable[[ProgressInfo], None] | None,
         cached: DirectoryCache | None = None,
-        encoders: EncoderPool | None = None,
         *,
         record_atime: bool = False,
     ) -> None:
@@ -115,7 +100,7 @@ class Walker(NodeMaker):
         self.cached: DirectoryCache = cached or {}
         self.new_cache: DirectoryCache = {}
         self.names = NameCache(record_atime=record_atime)
-        self.files = reading.FileQueue(writer, pool, threads, encoders)
+        self.files = reading.FileQueue(writer, pool, threads)
         self.errors: list[dict[str, str]] = []
         self.counts = dict.fromkeys(
             ("files_new", "files_changed", "files_unmodified", "dirs", "others", "bytes_read", "total_bytes"),
@@ -125,11 +110,113 @@ class Walker(NodeMaker):
         self.last_progress = 0.0
         self.empty_tree: str | None = None
         self.root = b""
-        self.closing: deque[_Open] = deque()  # the FIFO of directories to close, in post-order
-        self.outstanding = 0  # files the queued directories wait for
-        self.held_fds = 0
+
+    # --- bookkeeping -----------------------------------------------------------------------
+
+    def error(self, path: bytes, message: str) -> None:
+        """Record an item that could not be backed up."""
+        self.errors.append({"path": os.fsdecode(path) or "/", "error": message})
+
+    def report(self, path: bytes, force: bool = False) -> None:
+        """Call the progress callback, at most every _PROGRESS_INTERVAL seconds unless forced."""
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_progress < _PROGRESS_INTERVAL:
+            return
+        self.last_progress = now
+        counts = self.counts
+        done = counts["files_new"] + counts["files_changed"] + counts["files_unmodified"]
+        self.progress(
+            ProgressInfo(
+                done,
+                counts["dirs"],
+                counts["bytes_read"],
+                len(self.errors),
+                now - self.started,
+                os.fsdecode(path),
+            )
+        )
+
+    # --- files -----------------------------------------------------------------------------
+
+    def cached_file(self, old: Node | None, st: os.stat_result) -> Node | None:
+        """Return a node built from the parent snapshot when the file is unchanged, else None."""
+        if (
+            old is None
+            or old.type != "file"
+            or old.inode != st.st_ino
+            or old.size != st.st_size
+            or old.mtime_ns != st.st_mtime_ns
+            or old.ctime_ns != st.st_ctime_ns
+        ):
+            return None
+        has_chunk = self.writer.has_chunk
+        for chunk_id in old.content:
+            if not has_chunk(chunk_id):
+                return None
+        self.counts["files_unmodified"] += 1
+        self.counts["total_bytes"] += old.size
+        if same_metadata(old, st, self.names):
+            return old
+        node = node_from_stat(old.name, "file", st, self.names)
+        node.content = old.content
+        node.xattrs = old.xattrs  # same ctime: attributes cannot have changed
+        return node
+
+    def finish_file(
+        self, name: bytes, path: bytes, future: Future[FileContent], old: Node | None
+    ) -> Node | None:
+        """Wait for a queued file and build its node; report it when it could not be read."""
+        try:
+            content = future.result()
+        except OSError as error:
+            self.error(path, describe(error))
+            return None
+        node = node_from_stat(name, "file", content.stat, self.names)
+        node.content = content.chunks
+        # The size of what was actually stored, so a file growing during the read restores intact.
+        node.size = content.size
+        node.xattrs = content.xattrs
+        self.counts["files_new" if old is None else "files_changed"] += 1
+        if self.files.first_use(future):
+            self.counts["bytes_read"] += content.size
+        self.counts["total_bytes"] += content.size
+        return node
 
     # --- entries ---------------------------------------------------------------------------
+
+    def leaf(
+        self,
+        dir_fd: int | None,
+        open_name: bytes,
+        name: bytes,
+        path: bytes,
+        st: os.stat_result,
+        kind: NodeType,
+        old: Node | None,
+    ) -> Node | Future[FileContent] | None:
+        """Back up a file (from the cache or queued for reading), symlink, FIFO, socket or device."""
+        if kind == "file":
+            cached = self.cached_file(old, st)
+            return cached if cached is not None else self.files.submit(dir_fd, open_name, st)
+        self.counts["others"] += 1
+        # Retargeting a symlink means recreating it: a new inode and ctime.
+        if old is not None and old.type == kind and same_metadata(old, st, self.names):
+            return old
+        node = node_from_stat(name, kind, st, self.names)
+        if kind != "symlink":
+            return node
+        if old is not None and old.type == kind and _same_inode(old, st):
+            # Only atime moved (readlink itself moves it): no need to read the target again.
+            node.link_target = old.link_target
+            return node
+        try:
+            node.link_target = os.readlink(open_name, dir_fd=dir_fd)
+        except OSError as error:
+            self.error(path, describe(error))
+            return None
+        return node
 
     def directory(
         self,
@@ -140,8 +227,8 @@ class Walker(NodeMaker):
         old_subtree: str | None,
         root_dev: int,
         need_xattrs: bool,
-    ) -> Descended | _Open | None:
-        """Open a directory and everything below it, queued to be closed; None when unreadable (reported)."""
+    ) -> Descended | None:
+        """Back up a directory and everything below it; None when it cannot be read (reported)."""
         if self.one_file_system and st.st_dev != root_dev:
             # A mount point: keep the directory itself, empty, like restic --one-file-system.
             if self.empty_tree is None:
@@ -154,25 +241,39 @@ class Walker(NodeMaker):
         except OSError as error:
             self.error(path, describe(error))
             return None
-        record = None
         try:
             xattrs = read_xattrs(fd) if need_xattrs else None
-            record = self.open_directory(fd, path, st, old_subtree, root_dev, xattrs)
+            tree_id = self.walk(fd, path, old_subtree, root_dev)
         except OSError as error:
             self.error(path, describe(error))
+            return None
         finally:
-            if record is None or record.fd is None:
-                os.close(fd)
-        if record is not None:
-            self.queue_close(record)
-        return record
+            os.close(fd)
+        if tree_id is None:
+            return None
+        return Descended(st, tree_id, tree_id == old_subtree, xattrs)
+
+    def directory_node(self, name: bytes, walked: Descended, old: Node | None) -> Node:
+        """Build a directory's node, reusing the parent snapshot's when nothing changed."""
+        old_dir = old if old is not None and old.type == "dir" else None
+        if (
+            old_dir is not None
+            and old_dir.subtree == walked.subtree
+            and same_metadata(old_dir, walked.stat, self.names)
+        ):
+            return old_dir
+        node = node_from_stat(name, "dir", walked.stat, self.names)
+        node.subtree = walked.subtree
+        if walked.xattrs is not None:
+            node.xattrs = walked.xattrs
+        elif old_dir is not None:
+            node.xattrs = old_dir.xattrs
+        return node
 
     def to_node(self, name: bytes, path: bytes, result: _Result, old: Node | None) -> Node | None:
         """Turn an entry's result into its node (waiting for file content if needed)."""
         if isinstance(result, Future):
             return self.finish_file(name, path, result, old)
-        if isinstance(result, _Open):
-            result = result.walked
         if isinstance(result, Descended):
             return self.directory_node(name, result, old)
         return result
@@ -193,24 +294,16 @@ class Walker(NodeMaker):
         result: _Result
         if kind == "dir":
             old_subtree = old.subtree if old is not None and old.type == "dir" else None
-            result = self.directory(None, raw, self.root, st, old_subtree, st.st_dev, not same_inode(old, st))
-            self.files.flush()
-            self.close_ready(everything=True)
+            result = self.directory(
+                None, raw, self.root, st, old_subtree, st.st_dev, not _same_inode(old, st)
+            )
         else:
             result = self.leaf(None, raw, name, raw, st, kind, old)
         return self.to_node(name, raw, result, old)
 
-    def close(self) -> None:
-        """Release the fds of directories left queued (the backup failed)."""
-        while self.closing:
-            record = self.closing.popleft()
-            if record.fd is not None:
-                os.close(record.fd)
-                record.fd = None
-
     # --- directories -----------------------------------------------------------------------
 
-    def stat_entries(self, fd: int, path: bytes) -> list[Entry] | None:
+    def stat_entries(self, fd: int, path: bytes) -> list[_Entry] | None:
         """List and lstat a directory's entries, leaving out excluded ones; None if unreadable."""
         try:
             names = reading.list_directory(fd)
@@ -220,7 +313,7 @@ class Walker(NodeMaker):
         excludes = self.excludes
         full_paths = excludes.needs_paths
         root_length = len(self.root)
-        entries: list[Entry] = []
+        entries: list[_Entry] = []
         lstat, types = os.lstat, NODE_TYPES  # locals: this loop runs once per entry of the tree
         for name in names:
             child = path + b"/" + name
@@ -238,7 +331,7 @@ class Walker(NodeMaker):
             entries.append((name, child, st, kind))
         return entries
 
-    def _trusted(self, path: bytes, entries: list[Entry], old_tree_id: str | None) -> bool:
+    def _trusted(self, path: bytes, entries: list[_Entry], old_tree_id: str | None) -> bool:
         """Tell whether the directory cache vouches that every entry is as in the parent snapshot."""
         cached = self.cached.get(path)
         if cached is None or cached[1] != old_tree_id:
@@ -249,102 +342,41 @@ class Walker(NodeMaker):
         ]
         return digest(signatures) == cached[0]
 
-    def open_directory(
-        self,
-        fd: int,
-        path: bytes,
-        st: os.stat_result,
-        old_tree_id: str | None,
-        root_dev: int,
-        xattrs: dict[str, bytes] | None,
-    ) -> _Open | None:
-        """Open phase: list the entries, queue their files, open the subdirectories; None if unreadable."""
+    def walk(self, fd: int, path: bytes, old_tree_id: str | None, root_dev: int) -> str | None:
+        """Back up the entries of the open directory fd; return its tree id, or None if unreadable."""
         entries = self.stat_entries(fd, path)
         if entries is None:
             return None
         trusted = self._trusted(path, entries, old_tree_id)
         old_tree = None if trusted else self.load_old(old_tree_id)
         old_nodes = {node.name: node for node in old_tree.nodes} if old_tree is not None else {}
-        record = _Open(path, st, entries, old_tree_id, old_tree, old_nodes, trusted, xattrs)
-        results, waiting = record.results, record.waiting
-        for name, child, child_st, kind in entries:
+        results: list[_Result] = []
+        subdirectories_unchanged = True
+        for name, child, st, kind in entries:
             old = old_nodes.get(name)
-            result: _Result
             if kind == "dir":
                 if trusted:
                     old_subtree, need_xattrs = self.cached.get(child, (b"", None))[1], False
                 else:
                     old_subtree = old.subtree if old is not None and old.type == "dir" else None
-                    need_xattrs = not same_inode(old, child_st)
-                result = self.directory(fd, name, child, child_st, old_subtree, root_dev, need_xattrs)
-            elif trusted:
-                result = None  # files and links are only looked at if the directory must be rebuilt
+                    need_xattrs = not _same_inode(old, st)
+                walked = self.directory(fd, name, child, st, old_subtree, root_dev, need_xattrs)
+                subdirectories_unchanged = (
+                    subdirectories_unchanged and walked is not None and walked.unchanged
+                )
+                results.append(walked)
             else:
-                result = self.leaf(fd, name, name, child, child_st, kind, old)
-                if isinstance(result, Future) and not result.done():
-                    waiting.append(result)
-            results.append(result)
-        if trusted:
-            record.fd = fd
-        return record
-
-    def queue_close(self, record: _Open) -> None:
-        """Queue an opened directory, then close what is ready."""
-        record.counted = len(record.waiting)
-        self.outstanding += record.counted
-        self.held_fds += record.fd is not None
-        self.closing.append(record)
-        self.close_ready()
-
-    def close_ready(self, *, everything: bool = False) -> None:
-        """Close directories from the FIFO's head while their files are read (or the window is full)."""
-        closing = self.closing
-        while closing:
-            head = closing[0]
-            waiting = head.waiting
-            while waiting and waiting[-1].done():
-                waiting.pop()
-            if waiting and not everything and not self._window_full():
-                return
-            closing.popleft()
-            self.outstanding -= head.counted
-            self.held_fds -= head.fd is not None
-            self.close_directory(head)
-
-    def _window_full(self) -> bool:
-        return (
-            self.outstanding >= WINDOW_FILES
-            or len(self.closing) >= WINDOW_DIRECTORIES
-            or self.held_fds >= WINDOW_FDS
-        )
-
-    def close_directory(self, record: _Open) -> None:
-        """Close phase: build the nodes and save the tree, setting record.walked."""
-        try:
-            tree_id = self._close(record)
-        except OSError as error:
-            self.error(record.path, describe(error))
-            return
-        finally:
-            if record.fd is not None:
-                os.close(record.fd)
-                record.fd = None
-        unchanged = tree_id == record.old_tree_id
-        record.walked = Descended(record.st, tree_id, unchanged, record.xattrs)
-        record.entries, record.results, record.old_tree, record.old_nodes = [], [], None, {}
-
-    def _close(self, record: _Open) -> str:
-        path, entries, results = record.path, record.entries, record.results
-        old_tree, old_nodes, old_tree_id = record.old_tree, record.old_nodes, record.old_tree_id
-        if record.trusted and old_tree_id is not None:
-            if self._subdirectories_unchanged(record) and self.writer.has_chunk(old_tree_id):
+                # In a trusted directory, files and links are only looked at if it must be rebuilt.
+                results.append(None if trusted else self.leaf(fd, name, name, child, st, kind, old))
+        if trusted and old_tree_id is not None:
+            if subdirectories_unchanged and self.writer.has_chunk(old_tree_id):
                 return self._keep(path, entries, old_tree_id)
             # A subdirectory changed: rebuild this level from the parent snapshot's tree.
             old_tree = self.load_old(old_tree_id)
             old_nodes = {node.name: node for node in old_tree.nodes} if old_tree is not None else {}
             for index, (name, child, st, kind) in enumerate(entries):
                 if kind != "dir":
-                    results[index] = self.leaf(record.fd, name, name, child, st, kind, old_nodes.get(name))
+                    results[index] = self.leaf(fd, name, name, child, st, kind, old_nodes.get(name))
         nodes: list[Node] = []
         for (name, child, _, _), result in zip(entries, results, strict=True):
             node = self.to_node(name, child, result, old_nodes.get(name))
@@ -364,16 +396,7 @@ class Walker(NodeMaker):
         self.new_cache[path] = (digest([node_signature(node) for node in nodes]), tree_id)
         return tree_id
 
-    @staticmethod
-    def _subdirectories_unchanged(record: _Open) -> bool:
-        for (_, _, _, kind), result in zip(record.entries, record.results, strict=True):
-            if kind == "dir":
-                walked = result.walked if isinstance(result, _Open) else result
-                if not isinstance(walked, Descended) or not walked.unchanged:
-                    return False
-        return True
-
-    def _keep(self, path: bytes, entries: list[Entry], tree_id: str) -> str:
+    def _keep(self, path: bytes, entries: list[_Entry], tree_id: str) -> str:
         """Account for a directory kept whole from the parent snapshot."""
         counts = self.counts
         for _, _, st, kind in entries:

@@ -103,9 +103,10 @@ class BackupWriter:
         finally:
             os.close(fd)
 
-    def save_fd(self, fd: int) -> tuple[list[str], int]:
-        """Store the content readable from an open file descriptor."""
-        size = os.fstat(fd).st_size
+    def save_fd(self, fd: int, size: int | None = None) -> tuple[list[str], int]:
+        """Store the content readable from an open file descriptor (size: from the caller's fstat)."""
+        if size is None:
+            size = os.fstat(fd).st_size
         if size < self.repository.config.chunker.min_size:
             data = _read_all(fd, size)
             if len(data) < self.repository.config.chunker.min_size:
@@ -278,12 +279,16 @@ def write_index(
 
 
 def _read_all(fd: int, size: int) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        piece = os.read(fd, max(size, 65536))
-        if not piece:
-            return b"".join(parts)
+    """Read a small file to its end: one read when it still has the size fstat gave."""
+    # Asking for one byte more than expected: a shorter answer from a regular file is its end,
+    # which saves the second read that would only return b"" (one syscall per small file).
+    first = os.read(fd, size + 1)
+    if len(first) <= size:
+        return first
+    parts = [first]
+    while piece := os.read(fd, max(size, 65536)):
         parts.append(piece)
+    return b"".join(parts)
 
 
 def _read_into_all(fd: int, view: memoryview) -> int:

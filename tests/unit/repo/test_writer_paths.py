@@ -71,3 +71,21 @@ def test_a_file_that_grows_while_read_whole_is_stored_with_the_new_bytes(
         writer.flush()
     assert read == len(data)
     assert ids == expected_ids(repository, data)
+
+
+@pytest.mark.parametrize("stated", [0, 1000, 2999, 3000])
+def test_a_small_file_is_read_to_its_end_whatever_size_fstat_gave(
+    tmp_path: Path, repository: Repository, stated: int
+) -> None:
+    # The size comes from the caller's fstat; a file that grew since then must still be stored whole.
+    data = os.urandom(3000)
+    path = tmp_path / "grew"
+    path.write_bytes(data)
+    with repository.writer() as writer:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            ids, read = writer.save_fd(fd, stated)
+        finally:
+            os.close(fd)
+    assert read == len(data)
+    assert b"".join(repository.read_blob(bytes.fromhex(chunk_id)) for chunk_id in ids) == data

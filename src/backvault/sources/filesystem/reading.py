@@ -57,7 +57,7 @@ def save_file_content(writer: BackupWriter, dir_fd: int | None, name: bytes) -> 
         if not stat.S_ISREG(st.st_mode):
             raise ChangedTypeError(errno.EINVAL, "changed type during backup")
         attributes = read_xattrs(fd)
-        chunks, size = writer.save_fd(fd)
+        chunks, size = writer.save_fd(fd, st.st_size)
     finally:
         os.close(fd)
     return FileContent(chunks, size, st, attributes)

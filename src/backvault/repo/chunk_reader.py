@@ -1,7 +1,8 @@
 """Reading blobs whose locations are already known, without the index (restore worker processes).
 
 Blobs of one pack that lie close together are fetched with one ranged read: a restore of
-many small files then costs one request per stretch of a pack instead of one per file.
+many small files then costs one request per stretch of a pack instead of one per file,
+and a local pack is opened once for all the stretches wanted from it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from backvault.repo.crypto import MasterKey, Sealer
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
 from backvault.repo.pack import pack_key
-from backvault.storage.base import ObjectStore, StorageError
+from backvault.storage.base import ObjectStore, StorageError, read_ranges
 
 # Two wanted blobs this close in one pack are read together (the bytes between are discarded).
 MERGE_GAP = 512 * 1024
@@ -27,9 +28,12 @@ def codec_for(secret: bytes, compression_level: int) -> BlobCodec:
     return BlobCodec(Sealer(master.encryption_key), master.chunk_id_key, compression_level)
 
 
-def _regions(located: list[tuple[Location, str]]) -> Iterator[list[tuple[Location, str]]]:
+Group = list[tuple[Location, str]]  # blobs of one pack read with one ranged read
+
+
+def _regions(located: Group) -> Iterator[Group]:
     """Group blobs sorted by offset into runs worth one ranged read each."""
-    group: list[tuple[Location, str]] = []
+    group: Group = []
     start = end = 0
     for item in located:
         location = item[0]
@@ -48,37 +52,78 @@ def _regions(located: list[tuple[Location, str]]) -> Iterator[list[tuple[Locatio
         yield group
 
 
+def _span(group: Group) -> tuple[int, int]:
+    """The (offset, length) of the one ranged read that covers a group."""
+    start = group[0][0].offset
+    end = max(location.offset + location.length for location, _ in group)
+    return start, end - start
+
+
+def _reads(groups: Iterator[Group]) -> Iterator[list[Group]]:
+    """Gather consecutive groups of one pack into one store call of at most MAX_REGION bytes."""
+    batch: list[Group] = []
+    size = 0
+    for group in groups:
+        length = _span(group)[1]
+        if batch and size + length > MAX_REGION:
+            yield batch
+            batch, size = [], 0
+        batch.append(group)
+        size += length
+    if batch:
+        yield batch
+
+
 def read_located(
     store: ObjectStore, codec: BlobCodec, wanted: Mapping[str, Sequence[Location]]
 ) -> Iterator[tuple[str, bytes | DamagedDataError]]:
     """Yield every wanted data blob (hex id -> its locations, preferred first) once, in pack order.
 
     A blob that cannot be read from its first location is tried at the others; when all
-    fail, the error is yielded in place of the data.
+    fail, the error is yielded in place of the data. The ranged reads of one pack go to
+    the store together (one open of a local pack file).
     """
-    by_pack: dict[str, list[tuple[Location, str]]] = {}
+    by_pack: dict[str, Group] = {}
     for chunk_id, locations in wanted.items():
         by_pack.setdefault(locations[0].pack_id, []).append((locations[0], chunk_id))
     for pack_id, located in by_pack.items():
         located.sort(key=lambda item: item[0].offset)
         key = pack_key(pack_id)
-        for group in _regions(located):
-            start = group[0][0].offset
-            end = max(location.offset + location.length for location, _ in group)
-            try:
-                region = memoryview(store.get_range(key, start, end - start))
-            except StorageError:
-                region = memoryview(b"")
-            for location, chunk_id in group:
-                piece = region[location.offset - start : location.offset - start + location.length]
-                blob_id = bytes.fromhex(chunk_id)
-                try:
-                    if len(piece) != location.length:
-                        raise ValueError("pack is missing or shorter than the index says")
-                    yield chunk_id, codec.decode(BlobType.DATA, blob_id, piece)
-                except ValueError as error:
-                    yield chunk_id, _other_copies(store, codec, blob_id, wanted[chunk_id], key, error)
-            del region
+        for groups in _reads(_regions(located)):
+            regions = _fetch(store, key, groups)
+            for number, group in enumerate(groups):
+                region, regions[number] = regions[number], b""  # freed once its blobs are out
+                yield from _decode_group(store, codec, wanted, key, group, region)
+
+
+def _fetch(store: ObjectStore, key: str, groups: list[Group]) -> list[bytes]:
+    """Read the span of every group from one pack (b"" for each when the pack cannot be read)."""
+    try:
+        return read_ranges(store, key, [_span(group) for group in groups])
+    except StorageError:
+        return [b""] * len(groups)
+
+
+def _decode_group(
+    store: ObjectStore,
+    codec: BlobCodec,
+    wanted: Mapping[str, Sequence[Location]],
+    key: str,
+    group: Group,
+    region: bytes,
+) -> Iterator[tuple[str, bytes | DamagedDataError]]:
+    """Decode each blob of a group from the region read for it (other copies when that fails)."""
+    view = memoryview(region)
+    start = group[0][0].offset
+    for location, chunk_id in group:
+        piece = view[location.offset - start : location.offset - start + location.length]
+        blob_id = bytes.fromhex(chunk_id)
+        try:
+            if len(piece) != location.length:
+                raise ValueError("pack is missing or shorter than the index says")
+            yield chunk_id, codec.decode(BlobType.DATA, blob_id, piece)
+        except ValueError as error:
+            yield chunk_id, _other_copies(store, codec, blob_id, wanted[chunk_id], key, error)
 
 
 def _other_copies(

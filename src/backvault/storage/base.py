@@ -7,7 +7,7 @@ return bytes under a key; it never interprets them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,3 +92,18 @@ class ObjectStore(Protocol):
     def close(self) -> None:
         """Release connections or handles held by the store."""
         ...
+
+
+def read_ranges(store: ObjectStore, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """Return store.get_range(key, offset, length) for each (offset, length), in order.
+
+    A store with a get_ranges method of the same contract reads them together (LocalStore
+    opens the file once); any other store is asked once per range. ObjectNotFoundError is
+    raised once for the whole call.
+    """
+    get_ranges: Callable[[str, Sequence[tuple[int, int]]], list[bytes]] | None = getattr(
+        store, "get_ranges", None
+    )
+    if get_ranges is not None:
+        return get_ranges(key, ranges)
+    return [store.get_range(key, offset, length) for offset, length in ranges]

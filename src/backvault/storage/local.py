@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from backvault.storage.base import ObjectExistsError, ObjectInfo, ObjectNotFoundError, StorageError
@@ -71,6 +71,23 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _pread_all(fd: int, offset: int, length: int) -> bytes:
+    """Read length bytes at offset, fewer only where the file ends."""
+    parts: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        part = os.pread(fd, remaining, offset)
+        if not part:
+            break  # End of file.
+        parts.append(part)
+        remaining -= len(part)
+        offset += len(part)
+    # One pread normally returns everything, so this join copies nothing in practice.
+    if len(parts) == 1:
+        return parts[0]
+    return b"".join(parts)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -213,32 +230,32 @@ class LocalStore:
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Return up to length bytes from offset (fewer if the object ends first), read with pread."""
-        if offset < 0 or length < 0:
-            raise ValueError(f"offset and length must be >= 0, got offset={offset} length={length}")
+        return self._read_ranges("get_range", key, ((offset, length),))[0]
+
+    def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Return get_range(key, offset, length) for each (offset, length), opening the file once."""
+        if not ranges:
+            return []
+        return self._read_ranges("get_ranges", key, ranges)
+
+    def _read_ranges(self, operation: str, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """Open key once and pread every range (errors named after operation)."""
+        for offset, length in ranges:
+            if offset < 0 or length < 0:
+                raise ValueError(f"offset and length must be >= 0, got offset={offset} length={length}")
         path = self._file(key)
         try:
             fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(key) from None
         except OSError as error:
-            raise self._error("get_range", key, error) from error
+            raise self._error(operation, key, error) from error
         try:
-            parts: list[bytes] = []
-            remaining = length
-            position = offset
-            while remaining > 0:
-                part = os.pread(fd, remaining, position)
-                if not part:
-                    break  # End of file.
-                parts.append(part)
-                remaining -= len(part)
-                position += len(part)
-            # One pread normally returns everything, so this join copies nothing in practice.
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return [_pread_all(fd, offset, length) for offset, length in ranges]
         except IsADirectoryError:
             raise ObjectNotFoundError(key) from None
         except OSError as error:
-            raise self._error("get_range", key, error) from error
+            raise self._error(operation, key, error) from error
         finally:
             os.close(fd)
 

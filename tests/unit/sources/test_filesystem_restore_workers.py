@@ -6,6 +6,7 @@ The thresholds are lowered so that these small trees use workers and many batche
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -154,13 +155,20 @@ def test_small_restores_start_no_workers(
 
 
 class CountingStore(LocalStore):
-    """A local store that counts ranged reads."""
+    """A local store that counts its ranged-read calls (one open each) and the ranges they read."""
 
-    reads = 0
+    calls = 0
+    ranges = 0
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        CountingStore.reads += 1
+        CountingStore.calls += 1
+        CountingStore.ranges += 1
         return super().get_range(key, offset, length)
+
+    def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        CountingStore.calls += 1
+        CountingStore.ranges += len(ranges)
+        return super().get_ranges(key, ranges)
 
 
 def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
@@ -176,9 +184,9 @@ def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
     wanted = {node.content[0]: repo.index.locations(bytes.fromhex(node.content[0])) for node in nodes}
     by_id = {node.content[0]: contents[node.name.decode()] for node in nodes}
     store = CountingStore(repo.store.location)
-    CountingStore.reads = 0
+    CountingStore.calls = CountingStore.ranges = 0
     assert dict(read_located(store, repo.codec, wanted)) == by_id
-    assert CountingStore.reads == 1  # twenty small blobs of one pack: one read
+    assert (CountingStore.calls, CountingStore.ranges) == (1, 1)  # twenty small blobs of one pack: one read
 
     # The first location points at the wrong bytes; the second (the real one) is used.
     first_id = nodes[0].content[0]

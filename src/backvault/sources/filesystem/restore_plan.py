@@ -8,6 +8,7 @@ with "/": b"" is the target itself, b"docs/a.txt" a file below it.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import OrderedDict
@@ -19,12 +20,18 @@ from backvault.repo.errors import DamagedDataError
 from backvault.repo.repository import Repository
 from backvault.repo.tree import Node, Tree
 from backvault.sources.filesystem.metadata import MODE_BITS, write_xattrs
+from backvault.sources.filesystem.restore_trees import TreeReader
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_DIRECTORIES = 64
 
 # name -> what to restore below it; None means "the whole subtree".
 Selection: TypeAlias = dict[bytes, "Selection | None"]
+# The group an entry we create in a directory gets, or None when that cannot be told in
+# advance (then ownership and mode are always set). A directory we create passes it on.
+# It is trusted only once the first directory we create turned out as predicted.
+NewGid: TypeAlias = int | None
+_NO_ACL = frozenset({errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def display(relative: bytes) -> str:
@@ -41,6 +48,32 @@ def valid_name(name: bytes) -> bool:
     return bool(name) and b"/" not in name and b"\0" not in name and name not in (b".", b"..")
 
 
+def _has_default_acl(fd: int) -> bool:
+    """Tell whether a directory has a default ACL (which overrides the umask for new entries)."""
+    try:
+        os.getxattr(fd, "system.posix_acl_default")
+    except OSError as error:
+        return error.errno not in _NO_ACL  # any other failure: assume one, to stay safe
+    return True
+
+
+def new_gid(fd: int) -> NewGid:
+    """The group of entries created in the open directory fd, if it can be told in advance.
+
+    A setgid directory hands its group down; otherwise a new entry gets our group, or the
+    directory's on a filesystem mounted with grpid, so only a directory of our own group is
+    certain. A default ACL makes the mode unpredictable: None then too. (Filesystems that
+    give new entries another owner, such as NFS with root_squash, are caught by the check
+    of the first directory created.)
+    """
+    found = os.fstat(fd)
+    if _has_default_acl(fd):
+        return None
+    if found.st_mode & stat.S_ISGID or found.st_gid == os.getegid():
+        return found.st_gid
+    return None
+
+
 @dataclass(eq=False)
 class RestoredFile:
     """A regular file being restored: where it goes and how much of it is still to come."""
@@ -49,7 +82,10 @@ class RestoredFile:
     node: Node
     display: str
     remaining: int = 0  # chunk positions not yet written
+    new_gid: NewGid = None  # the group the file gets when created (None: unknown)
     created: bool = False
+    mode_set: bool = False  # created with its final mode: no chmod needed
+    data_end: int = 0  # end of the data written so far; the file is extended to its size at the end
     finished: bool = False
     failed: str | None = None
     aliases: list[tuple[bytes, bytes]] = field(default_factory=list)  # hard links: (directory, name)
@@ -100,13 +136,20 @@ class Planner:
 
     def __init__(self, repo: Repository, directories: Directories, errors: list[tuple[str, str]]) -> None:
         self.repo = repo
+        self.trees = TreeReader(repo)
         self.directories = directories
         self.errors = errors
         self.hard_links: dict[tuple[int, int], RestoredFile] = {}
-        self.created_directories: list[tuple[bytes, Node]] = []  # in creation (pre-)order
+        # In creation (pre-)order, with the owner each has now (None: unknown).
+        self.created_directories: list[tuple[bytes, Node, tuple[int, int] | None]] = []
         # Receives every planned regular file; the restore writes them in batches.
         self.add_file: Callable[[RestoredFile], None] = lambda item: None
-        self.as_root = os.geteuid() == 0
+        self.euid = os.geteuid()
+        self.as_root = self.euid == 0
+        self.target_gid = new_gid(directories.target_fd)
+        # None until the first directory we create shows whether new entries get the owner
+        # predicted; only then are chown and chmod calls left out.
+        self.owner_as_predicted: bool | None = None
         self.file_count = 0
         self.byte_count = 0
         self.others = 0
@@ -117,7 +160,7 @@ class Planner:
     def _missing(self, tree_id: str, parts: list[bytes]) -> str | None:
         """Return why the path parts do not exist in the snapshot, or None when they do."""
         try:
-            tree = self.repo.load_tree(tree_id)
+            tree = self.trees.load(tree_id)
             for index, part in enumerate(parts):
                 node = tree.find(part)
                 if node is None:
@@ -126,7 +169,7 @@ class Planner:
                     return None
                 if node.type != "dir" or node.subtree is None:
                     return "not found in the snapshot (a parent is not a directory)"
-                tree = self.repo.load_tree(node.subtree)
+                tree = self.trees.load(node.subtree)
         except DamagedDataError as error:
             return str(error)
         return None
@@ -161,12 +204,12 @@ class Planner:
 
     def plan(self, tree_id: str, includes: Sequence[str]) -> None:
         """Plan the restore of the snapshot tree tree_id (or only includes)."""
-        self.walk(tree_id, b"", self.selection(tree_id, includes))
+        self.walk(tree_id, b"", self.selection(tree_id, includes), self.target_gid)
 
-    def walk(self, tree_id: str, directory: bytes, selection: Selection | None) -> None:
-        """Plan one directory level and recurse."""
+    def walk(self, tree_id: str, directory: bytes, selection: Selection | None, gid: NewGid) -> None:
+        """Plan one directory level and recurse (gid: what entries created in directory get)."""
         try:
-            tree: Tree = self.repo.load_tree(tree_id)
+            tree: Tree = self.trees.load(tree_id)
         except DamagedDataError as error:
             self.errors.append((display(directory), f"cannot read the directory listing: {error}"))
             return
@@ -184,24 +227,23 @@ class Planner:
                 below = selection[node.name]
             path = _join(directory, node.name)
             try:
-                self.entry(node, directory, path, below)
+                self.entry(node, directory, path, below, gid)
             except OSError as error:
                 self.errors.append((display(path), error.strerror or str(error)))
 
-    def entry(self, node: Node, directory: bytes, path: bytes, below: Selection | None) -> None:
-        """Create or plan one node."""
+    def entry(self, node: Node, directory: bytes, path: bytes, below: Selection | None, gid: NewGid) -> None:
+        """Create or plan one node (gid: what entries created in directory get)."""
         if node.type == "dir":
-            self._make_directory(directory, node.name)
-            self.created_directories.append((path, node))
+            inner = self._make_directory(directory, node, path, gid)
             if node.subtree is not None:
-                self.walk(node.subtree, path, below)
+                self.walk(node.subtree, path, below, inner)
             return
         if node.type == "file":
-            self._plan_file(node, directory, path)
+            self._plan_file(node, directory, path, gid)
             return
         parent = self.directories.fd(directory)
         self._create(node, directory, parent)
-        if self.as_root:
+        if self.as_root and (node.uid, node.gid) != self._new_owner(gid):
             os.chown(node.name, node.uid, node.gid, dir_fd=parent, follow_symlinks=False)
         if node.type != "symlink":  # Linux cannot chmod a symlink; its mode is always 0777
             os.chmod(node.name, stat.S_IMODE(node.mode), dir_fd=parent)
@@ -224,18 +266,36 @@ class Planner:
                     raise
                 self.directories.remove(directory, node.name)
 
-    def _make_directory(self, directory: bytes, name: bytes) -> None:
-        """Create a directory (owner-writable until its metadata is applied) or reuse one."""
+    def _make_directory(self, directory: bytes, node: Node, path: bytes, gid: NewGid) -> NewGid:
+        """Create a directory (owner-writable until its metadata is applied) or reuse one.
+
+        Return what entries created in it get: a directory we create passes on what it got
+        from its parent (the setgid bit and a default ACL are inherited); one we reuse is asked.
+        """
+        name = node.name
         parent = self.directories.fd(directory)
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
-            if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-                return
+            found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(found.st_mode):
+                self.created_directories.append((path, node, (found.st_uid, found.st_gid)))
+                return new_gid(self.directories.fd(path))
             self.directories.remove(directory, name)
             os.mkdir(name, 0o700, dir_fd=parent)
+        if self.owner_as_predicted is None:
+            found = os.fstat(self.directories.fd(path))
+            self.owner_as_predicted = gid is not None and (found.st_uid, found.st_gid) == (self.euid, gid)
+        self.created_directories.append((path, node, self._new_owner(gid)))
+        return gid
 
-    def _plan_file(self, node: Node, directory: bytes, path: bytes) -> None:
+    def _new_owner(self, gid: NewGid) -> tuple[int, int] | None:
+        """The owner of an entry we create where entries get gid (None: not known)."""
+        if gid is None or not self.owner_as_predicted:
+            return None
+        return self.euid, gid
+
+    def _plan_file(self, node: Node, directory: bytes, path: bytes, gid: NewGid) -> None:
         """Note where each chunk of a file goes; hard links to a planned inode become aliases."""
         key = (node.device_id, node.inode)
         if node.links > 1:
@@ -246,7 +306,7 @@ class Planner:
                 else:
                     primary.aliases.append((directory, node.name))
                 return
-        item = RestoredFile(directory, node, display(path))
+        item = RestoredFile(directory, node, display(path), new_gid=gid if self.owner_as_predicted else None)
         if node.links > 1:
             self.hard_links[key] = item
         self.file_count += 1
@@ -297,14 +357,14 @@ class Planner:
     def apply_directory_metadata(self) -> int:
         """Set owner, mode, xattrs and times of directories, deepest first; return how many."""
         count = 0
-        for path, node in reversed(self.created_directories):
+        for path, node, owner in reversed(self.created_directories):
             directory, _, name = path.rpartition(b"/")
             try:
                 if node.xattrs:
                     for problem in write_xattrs(self.directories.fd(path), node.xattrs):
                         self.errors.append((display(path), problem))
                 parent = self.directories.fd(directory)
-                if self.as_root:
+                if self.as_root and owner != (node.uid, node.gid):
                     os.chown(name, node.uid, node.gid, dir_fd=parent, follow_symlinks=False)
                 os.chmod(name, stat.S_IMODE(node.mode), dir_fd=parent)
                 os.utime(name, ns=(node.atime_ns, node.mtime_ns), dir_fd=parent, follow_symlinks=False)

@@ -29,7 +29,14 @@ from backvault.repo.chunk_reader import codec_for
 from backvault.repo.memory import tune_malloc
 from backvault.repo.repository import Repository
 from backvault.sources.filesystem.restore_plan import Directories, RestoredFile
-from backvault.sources.filesystem.restore_write import Batch, BatchResult, FileJob, RestoreResult, run_batch
+from backvault.sources.filesystem.restore_write import (
+    Batch,
+    BatchResult,
+    FileJob,
+    RestoreResult,
+    process_umask,
+    run_batch,
+)
 from backvault.storage.local import LocalStore
 
 BATCH_FILES = 512
@@ -115,6 +122,9 @@ class _Worker:
 def _serve() -> None:
     """Worker process: restore batches read from stdin, answer each on stdout."""
     tune_malloc()
+    # Files are then created with their final mode where that is safe (see FileWriter);
+    # this process creates nothing else.
+    os.umask(0)
     inbound = sys.stdin.buffer
     outbound = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print must not corrupt the answers
@@ -134,7 +144,7 @@ def _serve() -> None:
         if batch is None:
             break
         try:
-            answer: BatchResult | str = run_batch(store, codec, directories, batch)
+            answer: BatchResult | str = run_batch(store, codec, directories, batch, 0)
         except Exception as error:  # reported for the batch's files; the next batch may still work
             answer = f"restore worker failed: {type(error).__name__}: {error}"
         _send(outbound, answer)
@@ -181,7 +191,7 @@ class BatchRunner:
             token = len(self.primaries)
             self.primaries.append(item)
         batch = self._batch
-        batch.files.append(FileJob(item.directory, item.node, item.display, token))
+        batch.files.append(FileJob(item.directory, item.node, item.display, token, item.new_gid))
         index = self.repo.index
         for chunk_id in item.node.content:
             if chunk_id not in batch.locations:
@@ -270,8 +280,9 @@ class BatchRunner:
         if self._batch.files:
             self._submit(self._batch)
             self._batch = Batch()
+        umask = process_umask()
         for batch in self._waiting:  # the restore stayed small: no workers
-            self._merge(run_batch(self.repo.store, self.repo.codec, self.directories, batch))
+            self._merge(run_batch(self.repo.store, self.repo.codec, self.directories, batch, umask))
         self._waiting = []
         if self._threads:
             for _ in self._threads:

@@ -4,14 +4,22 @@ A batch lists files (their tree nodes) and where each chunk they need is stored.
 chunks are read once each, in pack order, and written to every position that needs
 them; a file is finished (metadata applied) when its last chunk arrives. All-zero
 blocks are skipped so sparse files stay sparse.
+
+Every system call per file counts (a restore creates tens of thousands): a file is
+extended to its size only when its data stops short of it, created with its final mode
+when nothing can take that away before it is complete, and chowned only when its owner
+is not already right.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from backvault.repo.blob import BlobCodec
 from backvault.repo.chunk_reader import read_located
@@ -26,6 +34,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILES = 64  # write descriptors kept open: big files get many chunks in a row
 _BLOCK = 4096  # the usual filesystem block: the unit in which holes can be kept
 _ZERO_BLOCK = bytes(_BLOCK)
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
 @dataclass
@@ -47,6 +56,52 @@ class FileJob:
     node: Node
     display: str
     token: int = -1  # >= 0: a hard-link primary; the planner must hear if it fails
+    new_gid: int | None = None  # the group the file gets when created (None: unknown)
+
+    def __reduce__(self) -> tuple[Callable[..., FileJob], tuple[Any, ...]]:
+        """Pickle only what a worker uses of the node: half the bytes and time of all of it."""
+        node = self.node
+        fields = (node.name, node.mode, node.uid, node.gid, node.atime_ns, node.mtime_ns, node.size)
+        return _file_job, (
+            self.directory,
+            self.display,
+            self.token,
+            self.new_gid,
+            *fields,
+            node.content,
+            node.xattrs,
+        )
+
+
+def _file_job(
+    directory: bytes,
+    display: str,
+    token: int,
+    new_gid: int | None,
+    name: bytes,
+    mode: int,
+    uid: int,
+    gid: int,
+    atime_ns: int,
+    mtime_ns: int,
+    size: int,
+    content: list[str],
+    xattrs: dict[str, bytes],
+) -> FileJob:
+    """Rebuild a FileJob unpickled in a worker (see FileJob.__reduce__)."""
+    node = Node(
+        name,
+        "file",
+        mode,
+        uid,
+        gid,
+        mtime_ns=mtime_ns,
+        atime_ns=atime_ns,
+        size=size,
+        content=content,
+        xattrs=xattrs,
+    )
+    return FileJob(directory, node, display, token, new_gid)
 
 
 @dataclass
@@ -66,6 +121,21 @@ class BatchResult:
     bytes_written: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # token -> why that hard-link primary failed
+
+
+def process_umask() -> int | None:
+    """This process's umask, read without changing it (other threads may be creating files).
+
+    None when it cannot be read: files are then created private and chmodded.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def is_zero(data: bytes) -> bool:
@@ -99,28 +169,50 @@ def data_ranges(data: bytes, offset: int) -> list[tuple[int, int]]:
 class FileWriter:
     """Writes chunk data into planned files and finishes each file when its last chunk arrives."""
 
-    def __init__(self, directories: Directories, result: RestoreResult) -> None:
+    def __init__(self, directories: Directories, result: RestoreResult, umask: int | None) -> None:
         self.directories = directories
         self.result = result
+        self.umask = umask  # of this process; None: unknown
         self.open_files: OrderedDict[int, tuple[RestoredFile, int]] = OrderedDict()
-        self.as_root = os.geteuid() == 0
+        self.euid = os.geteuid()
+        self.as_root = self.euid == 0
+
+    def _needs_chown(self, item: RestoredFile) -> bool:
+        """Tell whether item's owner must be set (only root restores owners)."""
+        node = item.node
+        return self.as_root and (item.new_gid is None or (node.uid, node.gid) != (self.euid, item.new_gid))
+
+    def _can_create_final(self, item: RestoredFile) -> bool:
+        """Tell whether item can be created with its final mode instead of chmodded at the end.
+
+        Only when its owner is already right: the mode must not grant anything to another
+        owner or group before the content is complete, and setuid/setgid bits must follow a
+        chown (which clears them). Not with bits the umask or a default ACL would take away
+        (or sticky bits), nor, unless we are root, without owner write permission (an evicted
+        descriptor is reopened for writing).
+        """
+        mode = item.node.mode
+        return (
+            item.new_gid is not None
+            and self.umask is not None
+            and not mode & (_SPECIAL_BITS | self.umask)
+            and (self.as_root or bool(mode & stat.S_IWUSR))
+            and not self._needs_chown(item)
+        )
 
     def _create(self, item: RestoredFile) -> int:
-        """Create the file empty at its final size (holes where nothing is written)."""
+        """Create the file empty, with its final mode if it can be (else private until finished)."""
         parent = self.directories.fd(item.directory)
         flags = _WRITE_FLAGS | os.O_CREAT | os.O_EXCL
+        final = self._can_create_final(item)
+        mode = item.node.mode if final else 0o600
         try:
-            fd = os.open(item.node.name, flags, 0o600, dir_fd=parent)
+            fd = os.open(item.node.name, flags, mode, dir_fd=parent)
         except FileExistsError:
             self.directories.remove(item.directory, item.node.name)
-            fd = os.open(item.node.name, flags, 0o600, dir_fd=parent)
+            fd = os.open(item.node.name, flags, mode, dir_fd=parent)
         item.created = True
-        try:
-            if item.node.size:
-                os.ftruncate(fd, item.node.size)
-        except OSError:
-            os.close(fd)
-            raise
+        item.mode_set = final
         return fd
 
     def descriptor(self, item: RestoredFile) -> int:
@@ -153,6 +245,7 @@ class FileWriter:
                     written = os.pwrite(fd, view, position)
                     view, position = view[written:], position + written
                 self.result.bytes_written += end - start
+                item.data_end = max(item.data_end, offset + end)
         except OSError as error:
             item.failed = f"cannot write: {error.strerror}"
 
@@ -185,10 +278,12 @@ class FileWriter:
 
     def _apply(self, fd: int, item: RestoredFile) -> None:
         node = item.node
-        if self.as_root:
+        if item.data_end < node.size:  # trailing zeros were left out: they become a hole
+            os.ftruncate(fd, node.size)
+        if self._needs_chown(item):
             os.fchown(fd, node.uid, node.gid)
-        # After chown, which clears setuid/setgid bits.
-        os.fchmod(fd, node.mode)
+        if not item.mode_set:
+            os.fchmod(fd, node.mode)  # after chown, which clears setuid/setgid bits
         for problem in write_xattrs(fd, node.xattrs):
             self.result.errors.append((item.display, problem))
         os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
@@ -209,15 +304,22 @@ class FileWriter:
         self.open_files.clear()
 
 
-def run_batch(store: ObjectStore, codec: BlobCodec, directories: Directories, batch: Batch) -> BatchResult:
-    """Restore every file of a batch: fetch each chunk once and write it everywhere it belongs."""
+def run_batch(
+    store: ObjectStore, codec: BlobCodec, directories: Directories, batch: Batch, umask: int | None
+) -> BatchResult:
+    """Restore every file of a batch: fetch each chunk once and write it everywhere it belongs.
+
+    umask: this process's (None: unknown).
+    """
     result = RestoreResult()
-    writer = FileWriter(directories, result)
+    writer = FileWriter(directories, result, umask)
     positions: dict[str, list[tuple[RestoredFile, int]]] = {}
     tokens: list[tuple[int, RestoredFile]] = []
     empty: list[RestoredFile] = []
     for job in batch.files:
-        item = RestoredFile(job.directory, job.node, job.display, remaining=len(job.node.content))
+        item = RestoredFile(
+            job.directory, job.node, job.display, remaining=len(job.node.content), new_gid=job.new_gid
+        )
         if job.token >= 0:
             tokens.append((job.token, item))
         offset = 0

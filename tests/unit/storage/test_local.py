@@ -77,6 +77,7 @@ def test_invalid_keys_are_rejected_before_touching_the_disk(tmp_path: Path, key:
         lambda: store.put_new(key, b"x"),
         lambda: store.get(key),
         lambda: store.get_range(key, 0, 1),
+        lambda: store.get_ranges(key, [(0, 1)]),
         lambda: store.stat(key),
         lambda: store.exists(key),
         lambda: store.delete(key),
@@ -201,6 +202,25 @@ def test_writes_fsync_the_file_and_its_directory(tmp_path: Path, monkeypatch: py
     assert synced == ["file", "directory"]
 
 
+def test_get_ranges_opens_the_file_once_for_all_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+    data = os.urandom(100_000)
+    store.put("data/ab/pack", data)
+    opened: list[str] = []
+    real_open = os.open
+
+    def recording_open(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        opened.append(path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    ranges = [(0, 10), (50_000, 1000), (99_990, 100), (10, 0)]
+    assert store.get_ranges("data/ab/pack", ranges) == [data[0:10], data[50_000:51_000], data[99_990:], b""]
+    assert len(opened) == 1
+
+
 def test_an_object_in_the_way_of_a_directory_is_a_storage_error(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put("data", b"a file where a directory would go")
@@ -219,6 +239,8 @@ def test_a_directory_is_not_an_object(tmp_path: Path) -> None:
         store.get("data/ab")
     with pytest.raises(ObjectNotFoundError):
         store.get_range("data/ab", 0, 1)
+    with pytest.raises(ObjectNotFoundError):
+        store.get_ranges("data/ab", [(0, 1), (2, 1)])
     with pytest.raises(ObjectNotFoundError):
         store.stat("data")
     store.delete("data")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backvault.storage.base import ObjectExistsError, ObjectNotFoundError, ObjectStore
+from backvault.storage.base import ObjectExistsError, ObjectNotFoundError, ObjectStore, read_ranges
 from backvault.storage.local import LocalStore
 from backvault.storage.s3 import S3Store
 
@@ -126,6 +126,33 @@ def test_get_range_rejects_negative_arguments(store: ObjectStore) -> None:
         store.get_range("packs/p3", -1, 2)
     with pytest.raises(ValueError, match="length"):
         store.get_range("packs/p3", 0, -2)
+
+
+def test_read_ranges_returns_what_get_range_returns_for_each(store: ObjectStore) -> None:
+    data = payload(10_000, seed=6)
+    store.put("packs/p4", data)
+    ranges = [(0, 100), (5_000, 0), (9_990, 50), (20_000, 5), (1234, 4321), (0, 100)]
+    assert read_ranges(store, "packs/p4", ranges) == [
+        data[:100],
+        b"",
+        data[9_990:],
+        b"",
+        data[1234 : 1234 + 4321],
+        data[:100],
+    ]
+    assert read_ranges(store, "packs/p4", []) == []
+
+
+def test_read_ranges_of_a_missing_key_raise_object_not_found(store: ObjectStore) -> None:
+    with pytest.raises(ObjectNotFoundError) as caught:
+        read_ranges(store, "data/no/such", [(0, 10), (20, 5)])
+    assert caught.value.key == "data/no/such"
+
+
+def test_read_ranges_reject_negative_arguments(store: ObjectStore) -> None:
+    store.put("packs/p5", b"abc")
+    with pytest.raises(ValueError, match="offset"):
+        read_ranges(store, "packs/p5", [(0, 1), (-1, 2)])
 
 
 def test_stat_reports_size_and_a_recent_modification_time(store: ObjectStore) -> None:

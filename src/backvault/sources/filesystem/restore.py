@@ -1,10 +1,11 @@
 """Restore a snapshot's trees into a directory.
 
 The restore plans first (creating directories, links and special files while it
-walks the trees), and hands the regular files to a batch runner in batches. Each
-batch's chunks are read once, in pack order, and written to every position that
-needs them (restore_write.py); big restores run the batches in worker processes
-(restore_workers.py). All-zero chunks are skipped so sparse files stay sparse.
+walks the trees, which restore_trees.py reads a window of their pack at a time), and
+hands the regular files to a batch runner in batches. Each batch's chunks are read
+once, in pack order, and written to every position that needs them (restore_write.py);
+big restores run the batches in worker processes (restore_workers.py). All-zero
+chunks are skipped so sparse files stay sparse.
 Everything is created relative to an open parent directory with O_NOFOLLOW, so a
 path longer than PATH_MAX works and a crafted snapshot cannot write outside the target.
 

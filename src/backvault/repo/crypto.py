@@ -71,6 +71,19 @@ class Sealer:
             raise AuthenticationError("authentication failed") from error
 
 
+# BLAKE3 hashes large objects on a Rayon thread pool. A forked child (a backup worker)
+# inherits that pool without its threads and would wait on it forever: it hashes on one.
+_hash_threads = blake3.blake3.AUTO
+
+
+def _hash_on_one_thread() -> None:
+    global _hash_threads
+    _hash_threads = 1
+
+
+os.register_at_fork(after_in_child=_hash_on_one_thread)
+
+
 def content_hash(data: bytes | memoryview) -> str:
     """Name of a stored object: unkeyed BLAKE3 of its stored (encrypted) bytes, hex."""
-    return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > (4 << 20) else 1).hexdigest()
+    return blake3.blake3(data, max_threads=_hash_threads if len(data) > (4 << 20) else 1).hexdigest()

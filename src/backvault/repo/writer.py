@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from backvault.repo.blob import BlobType
 from backvault.repo.chunker import make_chunker
+from backvault.repo.claims import ClaimTable
 from backvault.repo.crypto import content_hash
 from backvault.repo.index import encode_index
 from backvault.repo.memory import tune_malloc
@@ -49,6 +50,20 @@ class WriterStats:
     chunks_reused: int = 0
     packs_written: int = 0
 
+    def merge(self, other: WriterStats) -> None:
+        """Add what another writer of the same backup (a worker process) stored."""
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+@dataclass
+class WriterReport:
+    """What a writer in a worker process stored, for the backup process's writer to adopt."""
+
+    stats: WriterStats
+    packs: dict[str, list[PackEntry]]
+    index_ids: set[str]
+
 
 class BackupWriter:
     """Stores new blobs for one backup; save_* may be called from several threads at once."""
@@ -61,6 +76,10 @@ class BackupWriter:
         self._pending: set[bytes] = set()
         # Ids known to be stored without asking the index (see vouch_for).
         self._vouched: set[bytes] = set()
+        # Shared with the other processes of a backup that walks in several (see claims.py).
+        self.claims: ClaimTable | None = None
+        # Packs this writer uploaded, kept when it runs in a worker process (see report()).
+        self.uploaded: dict[str, list[PackEntry]] | None = None
         self._builder = PackBuilder()
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
         self._slots = threading.BoundedSemaphore(max(1, threads) * 2)
@@ -198,7 +217,7 @@ class BackupWriter:
         blob_id = self.repository.codec.blob_id(blob_type, data)
         with self._mutex:
             self.stats.bytes_read += len(data) if blob_type == BlobType.DATA else 0
-            if self._known(blob_id):
+            if self._known(blob_id) or (self.claims is not None and not self.claims.claim(blob_id)):
                 self.stats.chunks_reused += 1
                 return blob_id.hex()
             self._pending.add(blob_id)
@@ -234,6 +253,8 @@ class BackupWriter:
             repository.index.add_pack(pack_id, builder.entries)
             self._pending.difference_update(entry.id for entry in builder.entries)
             self.stats.packs_written += 1
+            if self.uploaded is not None:
+                self.uploaded[pack_id] = builder.entries
 
     # --- finishing -----------------------------------------------------------------------
 
@@ -243,6 +264,21 @@ class BackupWriter:
             builder, self._builder = self._builder, PackBuilder()
         if builder.entries:
             self._upload(builder)
+
+    def report(self) -> WriterReport:
+        """Flush, then say what was stored (in a worker process, for the backup process)."""
+        self.flush()
+        return WriterReport(self.stats, self.uploaded or {}, set(self.repository.index_ids))
+
+    def adopt(self, report: WriterReport) -> None:
+        """Count what a worker process stored, and make its packs known to this process's index."""
+        repository = self.repository
+        with self._mutex:
+            self.stats.merge(report.stats)
+            if repository.index_loaded:
+                for pack_id, entries in report.packs.items():
+                    repository.index.add_pack(pack_id, entries)
+            repository.index_ids.update(report.index_ids)
 
     def commit(self, snapshot: Snapshot) -> Snapshot:
         """Flush everything, then store the snapshot (the last write of a backup)."""

@@ -123,14 +123,14 @@ def count_tree_loads(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> list[
 def test_the_directory_cache_spares_loading_unchanged_trees(
     repo: Repository, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = backup_paths(repo, [str(source)])
+    first = backup_paths(repo, [str(source)], processes=1)
     loaded = count_tree_loads(repo, monkeypatch)
-    second = backup_paths(repo, [str(source)], parent=first)
+    second = backup_paths(repo, [str(source)], parent=first, processes=1)
     assert second.tree == first.tree
     assert loaded == []  # not even the parent's root tree: the cache knows the root directory
     (source / "dir2" / "nested" / "new").write_bytes(b"new file")
     loaded.clear()
-    third = backup_paths(repo, [str(source)], parent=second)
+    third = backup_paths(repo, [str(source)], parent=second, processes=1)
     assert third.summary["files_new"] == 1
     assert third.summary["bytes_read"] == 8
     assert third.summary["files_unmodified"] == second.summary["files_unmodified"]
@@ -199,9 +199,9 @@ def _subtree(repo: Repository, snapshot: Snapshot, name: bytes) -> str:
 def test_without_the_directory_cache_every_parent_tree_is_loaded(
     repo: Repository, source: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = backup_paths(repo, [str(source)], use_cache=False)
+    first = backup_paths(repo, [str(source)], use_cache=False, processes=1)
     loaded = count_tree_loads(repo, monkeypatch)
-    second = backup_paths(repo, [str(source)], parent=first, use_cache=False)
+    second = backup_paths(repo, [str(source)], parent=first, use_cache=False, processes=1)
     assert second.tree == first.tree
     assert second.summary["bytes_read"] == 0
     assert len(loaded) == 1 + 1 + 4 + 4  # root, src, dir0-3, their nested
@@ -211,7 +211,7 @@ def test_a_damaged_or_stale_cache_is_ignored(
     repo: Repository, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache_dir = tmp_path / "cache"
-    first = backup_paths(repo, [str(source)], cache_dir=str(cache_dir))
+    first = backup_paths(repo, [str(source)], cache_dir=str(cache_dir), processes=1)
     location = cache_path(cache_dir, repo.config.id, first.hostname, first.paths)
     assert load_cache(location, first.id) is not None
     assert load_cache(location, "another snapshot") is None
@@ -221,7 +221,7 @@ def test_a_damaged_or_stale_cache_is_ignored(
     assert load_cache(location, first.id) is None
     (source / "dir1" / "file2").write_bytes(b"changed")
     loaded = count_tree_loads(repo, monkeypatch)
-    second = backup_paths(repo, [str(source)], parent=first, cache_dir=str(cache_dir))
+    second = backup_paths(repo, [str(source)], parent=first, cache_dir=str(cache_dir), processes=1)
     assert len(loaded) == 10  # the damaged cache was not used
     assert second.summary["files_changed"] == 1
     assert load_cache(location, second.id) is not None  # and a fresh one was written

@@ -262,7 +262,7 @@ def _wide_tree(source: Path) -> int:
 def test_the_trees_of_a_walk_are_read_a_window_at_a_time(tmp_path: Path, repo: Repository) -> None:
     source = tmp_path / "src"
     trees = 1 + _wide_tree(source)  # and the snapshot's root
-    snapshot = backup_paths(repo, [str(source)])
+    snapshot = backup_paths(repo, [str(source)], processes=1)  # its trees in one pack
     counted = Repository.open(CountingStore(repo.store.location), PASSWORD)
     CountingStore.calls = 0
     result = restore_snapshot(counted, snapshot, str(tmp_path / "restore"), workers=0)

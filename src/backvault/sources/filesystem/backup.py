@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import getpass
 import os
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from backvault.repo.claims import ClaimTable
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.repository import Repository
 from backvault.repo.snapshot import Snapshot
@@ -21,7 +23,9 @@ from backvault.sources.filesystem.backup_cache import (
     save_cache,
 )
 from backvault.sources.filesystem.excludes import ExcludeMatcher
+from backvault.sources.filesystem.subtrees import PlannedRoot, SubtreeWorkers, Unit, plan_units
 from backvault.sources.filesystem.walker import ProgressInfo, Walker
+from backvault.storage.local import LocalStore
 
 __all__ = ["BackupError", "ProgressInfo", "backup_paths", "latest_parent", "root_names"]
 
@@ -132,6 +136,61 @@ def _directory_cache(
     return cached
 
 
+def default_processes() -> int:
+    """One walking process per core (at most 4): the per-file work is bound by the GIL."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _start_workers(
+    repo: Repository,
+    walker: Walker,
+    make_walker: Callable[[ThreadPoolExecutor], Walker],
+    paths: list[str],
+    old_roots: dict[str, Node],
+    processes: int,
+    threads: int,
+) -> SubtreeWorkers | None:
+    """Fork worker processes and hand them the directories planned a few levels down, if worth it."""
+    # Workers share the repository by fork; an S3 client must not cross a fork.
+    if processes < 2 or not isinstance(repo.store, LocalStore):
+        return None
+    roots: list[PlannedRoot] = []
+    for path in paths:
+        raw = os.fsencode(path)
+        try:
+            st = os.lstat(raw)
+        except OSError:
+            continue  # the walk reports it
+        if stat.S_ISDIR(st.st_mode):
+            old = old_roots.get(path)
+            old_subtree = old.subtree if old is not None and old.type == "dir" else None
+            roots.append(PlannedRoot(b"" if raw == b"/" else raw, raw, st.st_dev, old_subtree))
+    old_trees: dict[str, dict[bytes, str | None]] = {}
+
+    def old_child(directory: Unit, name: bytes) -> str | None:
+        # What Walker.walk will compute for the child: from the directory cache, else the old tree.
+        if walker.cached:
+            return walker.cached.get(directory.path + b"/" + name, (b"", None))[1]
+        if directory.old_subtree is None:
+            return None
+        children = old_trees.get(directory.old_subtree)
+        if children is None:
+            tree = walker.load_old(directory.old_subtree)
+            nodes = tree.nodes if tree is not None else []
+            children = {node.name: node.subtree for node in nodes if node.type == "dir"}
+            old_trees[directory.old_subtree] = children
+        return children.get(name)
+
+    units = plan_units(walker, roots, processes * 8, old_child)
+    if len(units) < 2:
+        return None
+    walker.writer.claims = ClaimTable()
+    workers = SubtreeWorkers(processes, make_walker, threads)
+    workers.start(units)
+    walker.handoff = workers
+    return workers
+
+
 def backup_paths(
     repo: Repository,
     paths: Sequence[str],
@@ -145,6 +204,7 @@ def backup_paths(
     cache_dir: str | None = None,
     use_cache: bool = True,
     with_atime: bool = False,
+    processes: int | None = None,
 ) -> Snapshot:
     """Back up paths into repo and return the committed snapshot (partial=True if items were skipped).
 
@@ -156,6 +216,10 @@ def backup_paths(
     """
     if threads < 1:
         raise ValueError("threads must be at least 1")
+    if processes is None:
+        processes = default_processes()
+    if processes < 1:
+        raise ValueError("processes must be at least 1")
     absolute = _absolute(paths)
     started = datetime.now(UTC)
     hostname = os.uname().nodename
@@ -172,9 +236,9 @@ def backup_paths(
         if cached is not None and parent is not None:
             # The parent exists and references these trees, so they are stored: no index needed.
             writer.vouch_for([parent.tree, *(tree_id for _, tree_id in cached.values())])
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
-        try:
-            walker = Walker(
+
+        def make_walker(pool: ThreadPoolExecutor) -> Walker:
+            return Walker(
                 repo,
                 writer,
                 pool,
@@ -185,12 +249,25 @@ def backup_paths(
                 cached,
                 record_atime=with_atime,
             )
+
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
+        walker = make_walker(pool)
+        workers = None
+        try:
+            # Forked before this process starts any thread of its own (see subtrees.py).
+            workers = _start_workers(repo, walker, make_walker, absolute, old_roots, processes, threads)
             nodes: list[Node] = []
             for path, name in zip(absolute, root_names(absolute), strict=True):
                 node = walker.root_entry(os.fsencode(path), name, old_roots.get(path))
                 if node is not None:
                     nodes.append(node)
+            if workers is not None:
+                for report in workers.finish():
+                    writer.adopt(report)
+                workers = None
         finally:
+            if workers is not None:
+                workers.kill()
             pool.shutdown(wait=True, cancel_futures=True)
         root_tree = writer.save_tree(Tree(nodes))
         walker.report(b"", force=True)

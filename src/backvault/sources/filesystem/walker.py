@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.repository import Repository
@@ -67,6 +68,24 @@ class Descended:
     xattrs: dict[str, bytes] | None  # None: not read, take them from the old node
 
 
+@dataclass
+class SubtreeResult:
+    """What a worker process reports for one directory it backed up whole (see subtrees.py)."""
+
+    subtree: str | None  # None: the directory could not be read (the reason is in errors)
+    xattrs: dict[str, bytes] | None
+    counts: dict[str, int]
+    errors: list[dict[str, str]]
+    new_cache: DirectoryCache
+
+
+class Handoff(Protocol):
+    """Directories that other processes back up while this walker does the rest."""
+
+    def take(self, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
+        """The pending result for path if it was handed off with this parent subtree, else None."""
+
+
 _Entry = tuple[bytes, bytes, os.stat_result, NodeType]  # name, path, lstat, type
 _Result = Node | Future[FileContent] | Descended | None  # None: skipped (reported) or not decided yet
 
@@ -110,6 +129,7 @@ class Walker:
         self.last_progress = 0.0
         self.empty_tree: str | None = None
         self.root = b""
+        self.handoff: Handoff | None = None
 
     # --- bookkeeping -----------------------------------------------------------------------
 
@@ -301,6 +321,60 @@ class Walker:
             result = self.leaf(None, raw, name, raw, st, kind, old)
         return self.to_node(name, raw, result, old)
 
+    # --- subtrees walked in other processes ---------------------------------------------------
+
+    def excluded(self, name: bytes, child: bytes) -> bool:
+        """Tell whether an entry is excluded (what stat_entries decides, for one entry)."""
+        relative = child[len(self.root) :] if self.excludes.needs_paths else b""
+        return bool(self.excludes) and self.excludes.excluded(name, child, relative)
+
+    def _handed_off(
+        self, path: bytes, st: os.stat_result, old_subtree: str | None, root_dev: int
+    ) -> Future[SubtreeResult] | None:
+        if self.handoff is None or (self.one_file_system and st.st_dev != root_dev):
+            return None
+        return self.handoff.take(path, old_subtree)
+
+    def _collect(
+        self, future: Future[SubtreeResult], st: os.stat_result, old_subtree: str | None
+    ) -> Descended | None:
+        """Wait for a subtree walked elsewhere and take over its counts, errors and cache entries."""
+        result = future.result()
+        for key, value in result.counts.items():
+            self.counts[key] += value
+        self.errors.extend(result.errors)
+        self.new_cache.update(result.new_cache)
+        if result.subtree is None:
+            return None
+        return Descended(st, result.subtree, result.subtree == old_subtree, result.xattrs)
+
+    def back_up_subtree(
+        self, root: bytes, path: bytes, old_subtree: str | None, root_dev: int
+    ) -> SubtreeResult:
+        """Back up one handed-off directory (in a worker process) and hand over the bookkeeping."""
+        self.root = root
+        walked = None
+        try:
+            st = os.lstat(path)
+        except OSError as error:
+            self.error(path, describe(error))
+        else:
+            if stat.S_ISDIR(st.st_mode):
+                # Attributes are always read: the walker that handed it off may not have the old ones.
+                walked = self.directory(None, path, path, st, old_subtree, root_dev, True)
+            else:
+                self.error(path, "changed type during backup")
+        result = SubtreeResult(
+            walked.subtree if walked is not None else None,
+            walked.xattrs if walked is not None else None,
+            self.counts,
+            self.errors,
+            self.new_cache,
+        )
+        self.counts = dict.fromkeys(self.counts, 0)
+        self.errors, self.new_cache = [], {}
+        return result
+
     # --- directories -----------------------------------------------------------------------
 
     def stat_entries(self, fd: int, path: bytes) -> list[_Entry] | None:
@@ -351,7 +425,7 @@ class Walker:
         old_tree = None if trusted else self.load_old(old_tree_id)
         old_nodes = {node.name: node for node in old_tree.nodes} if old_tree is not None else {}
         results: list[_Result] = []
-        subdirectories_unchanged = True
+        handed: list[tuple[int, Future[SubtreeResult], os.stat_result, str | None]] = []
         for name, child, st, kind in entries:
             old = old_nodes.get(name)
             if kind == "dir":
@@ -360,14 +434,23 @@ class Walker:
                 else:
                     old_subtree = old.subtree if old is not None and old.type == "dir" else None
                     need_xattrs = not _same_inode(old, st)
-                walked = self.directory(fd, name, child, st, old_subtree, root_dev, need_xattrs)
-                subdirectories_unchanged = (
-                    subdirectories_unchanged and walked is not None and walked.unchanged
-                )
-                results.append(walked)
+                future = self._handed_off(child, st, old_subtree, root_dev)
+                if future is not None:
+                    handed.append((len(results), future, st, old_subtree))
+                    results.append(None)
+                else:
+                    results.append(self.directory(fd, name, child, st, old_subtree, root_dev, need_xattrs))
             else:
                 # In a trusted directory, files and links are only looked at if it must be rebuilt.
                 results.append(None if trusted else self.leaf(fd, name, name, child, st, kind, old))
+        # Subtrees walked by worker processes meanwhile: collected after this level's own work.
+        for index, future, st, old_subtree in handed:
+            results[index] = self._collect(future, st, old_subtree)
+        subdirectories_unchanged = all(
+            isinstance(result, Descended) and result.unchanged
+            for result, entry in zip(results, entries, strict=True)
+            if entry[3] == "dir"
+        )
         if trusted and old_tree_id is not None:
             if subdirectories_unchanged and self.writer.has_chunk(old_tree_id):
                 return self._keep(path, entries, old_tree_id)

@@ -1,0 +1,249 @@
+"""Backing up whole subtrees in forked worker processes, so a backup uses every core.
+
+The per-file work of a backup (open, read, hash, compress, seal, tree encoding) is Python
+bound by the GIL: threads do not scale it (docs/benchmarks.md). So the backup process
+plans a frontier of directories a few levels down (plan_units), forks one worker per core,
+and hands each directory of the frontier to the next idle worker. A worker walks it with
+its own Walker and pack builder, exactly as the backup process would, and sends back the
+tree id with its counts, errors and directory-cache entries. The backup process walks the
+levels above the frontier itself and uses the workers' results when it reaches them.
+
+Workers are forked (not spawned) so they share the unlocked repository, the loaded
+index and the directory cache without sending the master key anywhere; they are forked
+before the backup starts any thread of its own. Blobs are deduplicated across processes by
+a shared ClaimTable. Each worker writes its own packs and index objects; the backup
+process commits the snapshot only after every worker has flushed, so the write order
+packs -> index -> snapshot still holds. Workers die with the backup process (SIGKILL on
+parent death), so a killed backup leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from backvault.repo.writer import WriterReport
+from backvault.sources.filesystem.walker import SubtreeResult, Walker
+
+__all__ = ["SubtreeWorkers", "Unit", "WorkerError", "plan_units"]
+
+_PR_SET_PDEATHSIG = 1
+# Levels below a backed-up path that planning may list to find enough directories.
+_MAX_DEPTH = 4
+
+
+class WorkerError(Exception):
+    """A worker process failed or died; the backup cannot be committed."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A directory handed to a worker: where it is and what the parent snapshot had there."""
+
+    root: bytes  # the backed-up path it lies under, as Walker.root (excludes are relative to it)
+    path: bytes
+    old_subtree: str | None
+    root_dev: int
+
+
+@dataclass(frozen=True)
+class PlannedRoot:
+    """A backed-up directory to plan below."""
+
+    root: bytes  # Walker.root: b"" for "/"
+    open_path: bytes  # what to open: b"/" for "/"
+    dev: int
+    old_subtree: str | None
+
+
+def _subdirectories(
+    walker: Walker, directory: Unit, open_path: bytes, old: Callable[[Unit, bytes], str | None]
+) -> list[Unit] | None:
+    """The directories directly below one (not excluded, same device with one_file_system)."""
+    try:
+        with os.scandir(open_path) as entries:
+            found = [
+                (entry.name, entry.stat(follow_symlinks=False).st_dev)
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False)
+            ]
+    except OSError:
+        return None  # the walk reports it
+    units: list[Unit] = []
+    for name, dev in found:
+        child = directory.path + b"/" + name
+        if walker.excluded(name, child) or (walker.one_file_system and dev != directory.root_dev):
+            continue
+        units.append(Unit(directory.root, child, old(directory, name), directory.root_dev))
+    return units
+
+
+def plan_units(
+    walker: Walker, roots: Sequence[PlannedRoot], wanted: int, old: Callable[[Unit, bytes], str | None]
+) -> list[Unit]:
+    """Pick directories to hand to workers: level by level until there are `wanted`, in walk order.
+
+    A directory with subdirectories is split into them (its own files stay with the walking
+    process); one without stays whole. old(unit, name) gives the parent snapshot's subtree id
+    of a subdirectory, as the walker will compute it (a mismatch only means it walks that
+    directory itself).
+    """
+    frontier = [Unit(root.root, root.root, root.old_subtree, root.dev) for root in roots]
+    opened = {root.root: root.open_path for root in roots}
+    for depth in range(_MAX_DEPTH):
+        if len(frontier) >= wanted and depth:
+            break
+        expanded: list[Unit] = []
+        for unit in frontier:
+            below = _subdirectories(walker, unit, opened.get(unit.path, unit.path), old)
+            if below is None:
+                continue
+            expanded.extend(below or [unit])
+        if expanded == frontier:
+            break
+        frontier = expanded
+    # A backed-up path itself is walked by the backup process (which never asks for it).
+    units = [unit for unit in frontier if unit.path not in opened]
+    order = {root.root: index for index, root in enumerate(roots)}
+    return sorted(units, key=lambda unit: (order[unit.root], unit.path.split(b"/")))
+
+
+def _die_with_parent(prctl: Any, parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when the backup process dies."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
+
+
+def _serve(
+    connection: Connection,
+    other_end: Connection,
+    prctl: Any,
+    parent: int,
+    make_walker: Callable[[ThreadPoolExecutor], Walker],
+    threads: int,
+) -> None:
+    """A worker's life: back up units until told to stop, then flush and send the writer's stats."""
+    other_end.close()
+    _die_with_parent(prctl, parent)
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
+    walker = make_walker(pool)
+    walker.progress = None  # the backup process reports progress
+    walker.writer.uploaded = {}
+    try:
+        while (unit := connection.recv()) is not None:
+            try:
+                result = walker.back_up_subtree(unit.root, unit.path, unit.old_subtree, unit.root_dev)
+            except Exception as error:  # sent to the backup process, which fails the backup
+                connection.send(("failed", f"{type(error).__name__}: {error}"))
+                return
+            connection.send(("done", result))
+        pool.shutdown(wait=True)
+        connection.send(("finished", walker.writer.report()))
+    except EOFError:
+        return  # the backup process is gone
+    except Exception as error:
+        connection.send(("failed", f"{type(error).__name__}: {error}"))
+
+
+class SubtreeWorkers:
+    """Worker processes forked from the backup; implements walker.Handoff for the walking process."""
+
+    def __init__(self, count: int, make_walker: Callable[[ThreadPoolExecutor], Walker], threads: int) -> None:
+        context = multiprocessing.get_context("fork")
+        # Looked up before forking: a child must not dlopen (another thread may hold the loader lock).
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        self._processes: list[Any] = []
+        self._connections: list[Connection] = []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_serve, args=(theirs, ours, prctl, os.getpid(), make_walker, threads), daemon=True
+            )
+            process.start()
+            theirs.close()
+            self._processes.append(process)
+            self._connections.append(ours)
+        self._results: dict[bytes, tuple[Unit, Future[SubtreeResult]]] = {}
+        self._untaken: dict[bytes, tuple[Unit, Future[SubtreeResult]]] = {}
+        self._dispatcher: threading.Thread | None = None
+
+    def start(self, units: Sequence[Unit]) -> None:
+        """Hand out units in this order, each to the next idle worker."""
+        for unit in units:
+            self._results[unit.path] = (unit, Future())
+        self._untaken = dict(self._results)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, args=(deque(units),), name="subtrees", daemon=True
+        )
+        self._dispatcher.start()
+
+    def take(self, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
+        """The result for path, if it was handed out with the same parent subtree (at most once)."""
+        entry = self._untaken.pop(path, None)
+        if entry is None or entry[0].old_subtree != old_subtree:
+            return None
+        return entry[1]
+
+    def _dispatch(self, queue: deque[Unit]) -> None:
+        idle = list(self._connections)
+        busy: dict[Connection, Unit] = {}
+        try:
+            while queue or busy:
+                while queue and idle:
+                    connection = idle.pop()
+                    unit = queue.popleft()
+                    connection.send(unit)
+                    busy[connection] = unit
+                for ready in wait(list(busy)):
+                    assert isinstance(ready, Connection)
+                    unit = busy.pop(ready)
+                    kind, payload = ready.recv()
+                    future = self._results[unit.path][1]
+                    if kind != "done":
+                        raise WorkerError(f"backing up {os.fsdecode(unit.path)} failed: {payload}")
+                    future.set_result(payload)
+                    idle.append(ready)
+        except (EOFError, OSError, WorkerError) as error:
+            failure = error if isinstance(error, WorkerError) else WorkerError("a backup worker process died")
+            for _, future in self._results.values():
+                if not future.done():
+                    future.set_exception(failure)
+
+    def finish(self) -> list[WriterReport]:
+        """Stop the workers once every unit is done; returns what each stored."""
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        stats: list[WriterReport] = []
+        for connection in self._connections:
+            connection.send(None)
+        for connection in self._connections:
+            try:
+                kind, payload = connection.recv()
+            except EOFError:
+                raise WorkerError("a backup worker process died before writing its last pack") from None
+            if kind != "finished":
+                raise WorkerError(f"a backup worker failed: {payload}")
+            stats.append(payload)
+        for process in self._processes:
+            process.join()
+        return stats
+
+    def kill(self) -> None:
+        """Stop every worker at once (the backup failed or was interrupted)."""
+        for process in self._processes:
+            if process.is_alive():
+                process.kill()
+        for process in self._processes:
+            process.join()
+        for connection in self._connections:
+            connection.close()

@@ -137,8 +137,8 @@ def _directory_cache(
 
 
 def default_processes() -> int:
-    """One walking process per core (at most 4): the per-file work is bound by the GIL."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """One walking process per usable core (at most 4): the per-file work is bound by the GIL."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def _start_workers(
@@ -212,7 +212,8 @@ def backup_paths(
     (in cache_dir, default: see backup_cache.default_cache_dir) makes that fast. threads
     read files of reading.INLINE_SIZE (512 KiB) and more: two keep up with the walking thread, and each
     holds a file (up to 16 MiB) in memory (docs/benchmarks.md). Access times are recorded only
-    with with_atime (see metadata.NameCache).
+    with with_atime (see metadata.NameCache). With a local repository, whole subtrees are
+    backed up by `processes` forked workers (default: one per core, see subtrees.py).
     """
     if threads < 1:
         raise ValueError("threads must be at least 1")

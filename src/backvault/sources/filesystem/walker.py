@@ -339,7 +339,12 @@ class Walker:
         self, future: Future[SubtreeResult], st: os.stat_result, old_subtree: str | None
     ) -> Descended | None:
         """Wait for a subtree walked elsewhere and take over its counts, errors and cache entries."""
-        result = future.result()
+        while True:
+            try:
+                result = future.result(timeout=_PROGRESS_INTERVAL)
+                break
+            except TimeoutError:
+                self.report(self.root)  # counts move as units finish; the clock moves meanwhile
         for key, value in result.counts.items():
             self.counts[key] += value
         self.errors.extend(result.errors)

@@ -101,6 +101,9 @@ def test_parse_tags_strips_blanks_and_comments() -> None:
         ({"root": "/does/not/exist"}, "does not exist"),
         ({"root": "/", "colour": "blue"}, "unknown connection setting"),
         ({"root": "/", "excludes": "*.tmp"}, "list of patterns"),
+        ({"root": "/", "processes": 0}, "'processes' must be a whole number from 1 to 64, got 0"),
+        ({"root": "/", "processes": "2"}, "'processes' must be a whole number"),
+        ({"root": "/", "processes": True}, "'processes' must be a whole number"),
     ],
 )
 def test_check_endpoint_refuses_bad_settings(connection: dict[str, object], problem: str) -> None:
@@ -219,15 +222,19 @@ def test_restore_refuses_bad_metadata(
         connector.restore(RestoreRequest(spec, "docs", repository, snapshot, metadata=metadata))
 
 
-def test_second_backup_uses_the_first_as_parent(root: Path, repository: Repository) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_second_backup_uses_the_first_as_parent(root: Path, repository: Repository, processes: int) -> None:
     connector = FilesystemConnector()
-    spec = endpoint(root)
+    (root / "photos" / "2025").mkdir()  # two subdirectories: enough to hand to two processes
+    (root / "photos" / "2025" / "b.txt").write_text("b")
+    spec = endpoint(root, processes=processes)
     first = connector.backup(BackupRequest(spec, "photos", repository))
     (root / "photos" / "new.txt").write_text("new file")
     second = connector.backup(BackupRequest(spec, "photos", repository))
     assert second.parent == first.id
-    assert second.summary["files_unmodified"] == 5
+    assert second.summary["files_unmodified"] == 6
     assert second.summary["files_new"] == 1
+    assert first.summary["processes"] == second.summary["processes"] == (1 if processes == 1 else 3)
 
 
 def test_backup_of_a_missing_resource_or_root_is_a_connector_error(

@@ -53,6 +53,7 @@ def test_a_backup_in_several_processes_restores_identically_and_checks_clean(
 ) -> None:
     snapshot = backup_paths(repo, [str(source)], processes=2)
     assert snapshot.summary["files_new"] == 3 * 4 * 3 + 2
+    assert snapshot.summary["processes"] == 3  # this one and two workers
     assert not snapshot.partial
     # The workers' packs are known to this process's repository object right away.
     result = restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=0)

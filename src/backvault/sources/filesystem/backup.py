@@ -257,6 +257,7 @@ def backup_paths(
         try:
             # Forked before this process starts any thread of its own (see subtrees.py).
             workers = _start_workers(repo, walker, make_walker, absolute, old_roots, processes, threads)
+            walking = 1 if workers is None else 1 + processes
             nodes: list[Node] = []
             for path, name in zip(absolute, root_names(absolute), strict=True):
                 node = walker.root_entry(os.fsencode(path), name, old_roots.get(path))
@@ -275,6 +276,7 @@ def backup_paths(
         stats = writer.stats
         summary = dict(walker.counts)
         summary.update(
+            processes=walking,  # the backup process and the workers it forked
             errors=len(walker.errors),
             bytes_stored=stats.bytes_stored,
             chunks_new=stats.chunks_new,

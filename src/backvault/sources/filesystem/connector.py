@@ -6,7 +6,13 @@ Endpoint connection settings::
      "excludes": ["*.tmp", ...],      # optional: exclude patterns applied to every backup
      "one_file_system": false,        # optional: do not cross filesystem boundaries
      "cache_dir": "/abs/cache",       # optional: where the local files cache lives
-     "with_atime": false}             # optional: record access times (see metadata.NameCache)
+     "with_atime": false,             # optional: record access times (see metadata.NameCache)
+     "processes": 1}                  # optional: walk in this many forked processes (see below)
+
+``processes`` is 1 by default here, unlike ``backvault repo backup`` (one per core): the
+service runs jobs on threads, and a process forked while another thread holds a C library's
+lock (OpenSSL, malloc arenas of other libraries) could hang. Set it on a host that runs one
+job at a time and wants the speed (sources/filesystem/subtrees.py).
 
 Discovery lists the immediate subdirectories of the root (hidden ones, starting with ``.``, and
 symlinks are skipped). A resource's tags come from an optional ``.backvault-tags`` file in its
@@ -65,7 +71,7 @@ TAGS_FILE_NAME = ".backvault-tags"
 MAX_TAGS_FILE_BYTES = 64 * 1024
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
-_CONNECTION_KEYS = {"root", "excludes", "one_file_system", "cache_dir", "with_atime"}
+_CONNECTION_KEYS = {"root", "excludes", "one_file_system", "cache_dir", "with_atime", "processes"}
 _RESTORE_KEYS = {"TargetPath", "Overwrite"}
 _HEARTBEAT_INTERVAL = 1.0  # seconds; the walk reports progress more often than a lease needs
 _READ_BLOCK = 1 << 20
@@ -163,6 +169,7 @@ class FilesystemConnector:
                 progress=lambda info: heartbeat(info.bytes_read),
                 cache_dir=settings.get("cache_dir"),
                 with_atime=bool(settings.get("with_atime", False)),
+                processes=settings.get("processes", 1),
             )
         except BackupError as error:
             raise ConnectorError(f"Backup of {path} failed: {error}.") from None
@@ -363,6 +370,11 @@ def _settings(endpoint: EndpointSpec) -> dict[str, Any]:
     for flag in ("one_file_system", "with_atime"):
         if not isinstance(connection.get(flag, False), bool):
             raise ConnectorError(f"Endpoint {endpoint.name!r}: {flag!r} must be true or false.")
+    processes = connection.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 64:
+        raise ConnectorError(
+            f"Endpoint {endpoint.name!r}: 'processes' must be a whole number from 1 to 64, got {processes!r}."
+        )
     cache_dir = connection.get("cache_dir")
     if cache_dir is not None and (not isinstance(cache_dir, str) or not os.path.isabs(cache_dir)):
         raise ConnectorError(f"Endpoint {endpoint.name!r}: 'cache_dir' must be an absolute path.")

@@ -128,3 +128,14 @@ def test_a_failing_worker_fails_the_backup_and_commits_nothing(
         backup_paths(repo, [str(source)], processes=2)
     assert repo.list_snapshots() == []
     assert multiprocessing.active_children() == []
+
+
+def test_overlapping_paths_are_each_backed_up_whole(repo: Repository, source: Path, tmp_path: Path) -> None:
+    # top1 lies below src: its subdirectories are planned from both backed-up paths.
+    snapshot = backup_paths(repo, [str(source), str(source / "top1")], excludes=["/sub3"], processes=2)
+    assert snapshot.summary["processes"] == 3
+    result = restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=0)
+    assert result.errors == []
+    # "/sub3" is anchored at each backed-up path: src/sub3 does not exist, top1/sub3 is left out.
+    assert sorted(os.listdir(tmp_path / "restore" / "top1")) == ["sub0", "sub1", "sub2"]
+    assert sorted(os.listdir(tmp_path / "restore" / "src" / "top1")) == ["sub0", "sub1", "sub2", "sub3"]

@@ -173,23 +173,26 @@ class SubtreeWorkers:
             theirs.close()
             self._processes.append(process)
             self._connections.append(ours)
-        self._results: dict[bytes, tuple[Unit, Future[SubtreeResult]]] = {}
-        self._untaken: dict[bytes, tuple[Unit, Future[SubtreeResult]]] = {}
+        # By (root, path): two backed-up paths may overlap, and excludes are relative to the root.
+        self._results: dict[tuple[bytes, bytes], tuple[Unit, Future[SubtreeResult]]] = {}
+        self._untaken: dict[tuple[bytes, bytes], tuple[Unit, Future[SubtreeResult]]] = {}
         self._dispatcher: threading.Thread | None = None
+        self._failure: WorkerError | None = None
 
     def start(self, units: Sequence[Unit]) -> None:
         """Hand out units in this order, each to the next idle worker."""
         for unit in units:
-            self._results[unit.path] = (unit, Future())
+            self._results.setdefault((unit.root, unit.path), (unit, Future()))
         self._untaken = dict(self._results)
+        queue = deque(unit for unit, _ in self._results.values())
         self._dispatcher = threading.Thread(
-            target=self._dispatch, args=(deque(units),), name="subtrees", daemon=True
+            target=self._dispatch, args=(queue,), name="subtrees", daemon=True
         )
         self._dispatcher.start()
 
-    def take(self, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
-        """The result for path, if it was handed out with the same parent subtree (at most once)."""
-        entry = self._untaken.pop(path, None)
+    def take(self, root: bytes, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
+        """The result for path, if it was handed out with the same root and parent subtree (once)."""
+        entry = self._untaken.pop((root, path), None)
         if entry is None or entry[0].old_subtree != old_subtree:
             return None
         return entry[1]
@@ -208,13 +211,15 @@ class SubtreeWorkers:
                     assert isinstance(ready, Connection)
                     unit = busy.pop(ready)
                     kind, payload = ready.recv()
-                    future = self._results[unit.path][1]
+                    future = self._results[unit.root, unit.path][1]
                     if kind != "done":
                         raise WorkerError(f"backing up {os.fsdecode(unit.path)} failed: {payload}")
                     future.set_result(payload)
                     idle.append(ready)
-        except (EOFError, OSError, WorkerError) as error:
-            failure = error if isinstance(error, WorkerError) else WorkerError("a backup worker process died")
+        except Exception as error:  # whatever it is, nobody may wait forever for a result
+            failure = error if isinstance(error, WorkerError) else WorkerError(f"worker lost: {error!r}")
+            # Its claimed blobs may never be stored: the whole backup fails, not just its units.
+            self._failure = failure
             for _, future in self._results.values():
                 if not future.done():
                     future.set_exception(failure)
@@ -223,14 +228,16 @@ class SubtreeWorkers:
         """Stop the workers once every unit is done; returns what each stored."""
         if self._dispatcher is not None:
             self._dispatcher.join()
+        if self._failure is not None:
+            raise self._failure
+        try:
+            for connection in self._connections:
+                connection.send(None)  # all at once: their last packs are written in parallel
+            replies = [connection.recv() for connection in self._connections]
+        except (EOFError, OSError):
+            raise WorkerError("a backup worker process died before writing its last pack") from None
         stats: list[WriterReport] = []
-        for connection in self._connections:
-            connection.send(None)
-        for connection in self._connections:
-            try:
-                kind, payload = connection.recv()
-            except EOFError:
-                raise WorkerError("a backup worker process died before writing its last pack") from None
+        for kind, payload in replies:
             if kind != "finished":
                 raise WorkerError(f"a backup worker failed: {payload}")
             stats.append(payload)

@@ -82,8 +82,8 @@ class SubtreeResult:
 class Handoff(Protocol):
     """Directories that other processes back up while this walker does the rest."""
 
-    def take(self, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
-        """The pending result for path if it was handed off with this parent subtree, else None."""
+    def take(self, root: bytes, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
+        """The pending result for path below root if handed off with this parent subtree, else None."""
 
 
 _Entry = tuple[bytes, bytes, os.stat_result, NodeType]  # name, path, lstat, type
@@ -333,7 +333,7 @@ class Walker:
     ) -> Future[SubtreeResult] | None:
         if self.handoff is None or (self.one_file_system and st.st_dev != root_dev):
             return None
-        return self.handoff.take(path, old_subtree)
+        return self.handoff.take(self.root, path, old_subtree)
 
     def _collect(
         self, future: Future[SubtreeResult], st: os.stat_result, old_subtree: str | None

@@ -165,6 +165,10 @@ def _start_workers(
             old = old_roots.get(path)
             old_subtree = old.subtree if old is not None and old.type == "dir" else None
             roots.append(PlannedRoot(b"" if raw == b"/" else raw, raw, st.st_dev, old_subtree))
+    if old_roots and not all(walker.vouched(root.root, root.open_path, root.old_subtree) for root in roots):
+        # Something changed: every process will need the index. Read once here, the forked
+        # workers share it instead of each reading it again.
+        repo.index  # noqa: B018
     old_trees: dict[str, dict[bytes, str | None]] = {}
 
     def old_child(directory: Unit, name: bytes) -> str | None:

@@ -135,6 +135,7 @@ def _serve(
     """A worker's life: back up units until told to stop, then flush and send the writer's stats."""
     other_end.close()
     _die_with_parent(prctl, parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the backup process's to handle
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
     walker = make_walker(pool)
     walker.progress = None  # the backup process reports progress

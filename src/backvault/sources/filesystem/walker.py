@@ -410,6 +410,22 @@ class Walker:
             entries.append((name, child, st, kind))
         return entries
 
+    def vouched(self, root: bytes, open_path: bytes, old_tree_id: str | None) -> bool:
+        """Tell, before walking it, whether the directory cache vouches for a backed-up directory."""
+        if old_tree_id is None or root not in self.cached:
+            return False
+        self.root, reported = root, len(self.errors)
+        try:
+            fd = open_noatime(open_path, DIRECTORY_FLAGS, None)
+        except OSError:
+            return False
+        try:
+            entries = self.stat_entries(fd, root)
+        finally:
+            os.close(fd)
+        del self.errors[reported:]  # the walk reports them
+        return entries is not None and self._trusted(root, entries, old_tree_id)
+
     def _trusted(self, path: bytes, entries: list[_Entry], old_tree_id: str | None) -> bool:
         """Tell whether the directory cache vouches that every entry is as in the parent snapshot."""
         cached = self.cached.get(path)

@@ -139,3 +139,15 @@ def test_overlapping_paths_are_each_backed_up_whole(repo: Repository, source: Pa
     # "/sub3" is anchored at each backed-up path: src/sub3 does not exist, top1/sub3 is left out.
     assert sorted(os.listdir(tmp_path / "restore" / "top1")) == ["sub0", "sub1", "sub2"]
     assert sorted(os.listdir(tmp_path / "restore" / "src" / "top1")) == ["sub0", "sub1", "sub2", "sub3"]
+
+
+def test_the_index_is_read_before_forking_only_when_something_changed(repo: Repository, source: Path) -> None:
+    first = backup_paths(repo, [str(source)], processes=2)
+    unchanged = Repository.open(repo.store, PASSWORD, load_index=False)
+    second = backup_paths(unchanged, [str(source)], parent=first, processes=2)
+    assert second.tree == first.tree
+    assert not unchanged.index_loaded  # neither here nor, by inheritance, in the workers
+    (source / "top0" / "new.txt").write_bytes(b"new")
+    changed = Repository.open(repo.store, PASSWORD, load_index=False)
+    third = backup_paths(changed, [str(source)], parent=second, processes=2)
+    assert changed.index_loaded and third.summary["files_new"] == 1

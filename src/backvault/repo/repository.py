@@ -123,6 +123,11 @@ class Repository:
         """True once the index has been read (and not dropped by lock_and_refresh since)."""
         return self._index is not None
 
+    def forget_index(self) -> None:
+        """Drop the loaded index (another process added to the repository); the next use reads it."""
+        with self._index_mutex:
+            self._index = None
+
     def load_index(self) -> None:
         """(Re)load every index object and prune's deletion marks."""
         self.index_loaded_at = time.time()

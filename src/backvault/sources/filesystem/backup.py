@@ -267,15 +267,15 @@ def backup_paths(
                 node = walker.root_entry(os.fsencode(path), name, old_roots.get(path))
                 if node is not None:
                     nodes.append(node)
-            if workers is not None:
-                for report in workers.finish():
-                    writer.adopt(report)
-                workers = None
+            reports = workers.finish() if workers is not None else []
+            workers = None
         finally:
             if workers is not None:
                 workers.kill()
             pool.shutdown(wait=True, cancel_futures=True)
-        root_tree = writer.save_tree(Tree(nodes))
+        root_tree = writer.save_tree(Tree(nodes))  # before adopting: the index is still loaded
+        for report in reports:
+            writer.adopt(report)
         walker.report(b"", force=True)
         stats = writer.stats
         summary = dict(walker.counts)

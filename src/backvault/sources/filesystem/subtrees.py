@@ -39,6 +39,8 @@ __all__ = ["SubtreeWorkers", "Unit", "WorkerError", "plan_units"]
 _PR_SET_PDEATHSIG = 1
 # Levels below a backed-up path that planning may list to find enough directories.
 _MAX_DEPTH = 4
+# Units are sent in batches of at most (waiting units / (this x workers)).
+_BATCHES_PER_WORKER = 32
 
 
 class WorkerError(Exception):
@@ -139,15 +141,17 @@ def _serve(
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
     walker = make_walker(pool)
     walker.progress = None  # the backup process reports progress
-    walker.writer.uploaded = {}
     try:
-        while (unit := connection.recv()) is not None:
+        while (units := connection.recv()) is not None:
             try:
-                result = walker.back_up_subtree(unit.root, unit.path, unit.old_subtree, unit.root_dev)
+                results = [
+                    walker.back_up_subtree(unit.root, unit.path, unit.old_subtree, unit.root_dev)
+                    for unit in units
+                ]
             except Exception as error:  # sent to the backup process, which fails the backup
                 connection.send(("failed", f"{type(error).__name__}: {error}"))
                 return
-            connection.send(("done", result))
+            connection.send(("done", results))
         pool.shutdown(wait=True)
         connection.send(("finished", walker.writer.report()))
     except EOFError:
@@ -200,22 +204,26 @@ class SubtreeWorkers:
 
     def _dispatch(self, queue: deque[Unit]) -> None:
         idle = list(self._connections)
-        busy: dict[Connection, Unit] = {}
+        busy: dict[Connection, list[Unit]] = {}
         try:
             while queue or busy:
                 while queue and idle:
+                    # Guided self-scheduling: big batches while many units wait (thousands of
+                    # small directories cost a round trip each), single units at the end.
+                    size = max(1, len(queue) // (_BATCHES_PER_WORKER * len(self._connections)))
+                    batch = [queue.popleft() for _ in range(min(size, len(queue)))]
                     connection = idle.pop()
-                    unit = queue.popleft()
-                    connection.send(unit)
-                    busy[connection] = unit
+                    connection.send(batch)
+                    busy[connection] = batch
                 for ready in wait(list(busy)):
                     assert isinstance(ready, Connection)
-                    unit = busy.pop(ready)
+                    batch = busy.pop(ready)
                     kind, payload = ready.recv()
-                    future = self._results[unit.root, unit.path][1]
                     if kind != "done":
-                        raise WorkerError(f"backing up {os.fsdecode(unit.path)} failed: {payload}")
-                    future.set_result(payload)
+                        paths = ", ".join(os.fsdecode(unit.path) for unit in batch[:3])
+                        raise WorkerError(f"backing up {paths} failed: {payload}")
+                    for unit, result in zip(batch, payload, strict=True):
+                        self._results[unit.root, unit.path][1].set_result(result)
                     idle.append(ready)
         except Exception as error:  # whatever it is, nobody may wait forever for a result
             failure = error if isinstance(error, WorkerError) else WorkerError(f"worker lost: {error!r}")

@@ -26,7 +26,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -160,6 +160,48 @@ def _serve(
         connection.send(("failed", f"{type(error).__name__}: {error}"))
 
 
+class _Board:
+    """Results of the units handed out, posted by the dispatcher and waited for by the walk.
+
+    One condition for all (a Future per unit cost more than some units' whole walk).
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[bytes, bytes], SubtreeResult] = {}
+        self._failure: WorkerError | None = None
+        self._changed = threading.Condition()
+
+    def post(self, key: tuple[bytes, bytes], result: SubtreeResult) -> None:
+        with self._changed:
+            self._results[key] = result
+            self._changed.notify_all()
+
+    def fail(self, failure: WorkerError) -> None:
+        with self._changed:
+            self._failure = failure
+            self._changed.notify_all()
+
+    def wait(self, key: tuple[bytes, bytes], timeout: float | None) -> SubtreeResult:
+        with self._changed:
+            if not self._changed.wait_for(lambda: key in self._results or self._failure is not None, timeout):
+                raise TimeoutError
+            if key in self._results:
+                return self._results.pop(key)
+            assert self._failure is not None
+            raise self._failure
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """The walk's handle on one unit's result (walker.PendingSubtree)."""
+
+    board: _Board
+    key: tuple[bytes, bytes]
+
+    def result(self, timeout: float | None = None) -> SubtreeResult:
+        return self.board.wait(self.key, timeout)
+
+
 class SubtreeWorkers:
     """Worker processes forked from the backup; implements walker.Handoff for the walking process."""
 
@@ -179,28 +221,27 @@ class SubtreeWorkers:
             self._processes.append(process)
             self._connections.append(ours)
         # By (root, path): two backed-up paths may overlap, and excludes are relative to the root.
-        self._results: dict[tuple[bytes, bytes], tuple[Unit, Future[SubtreeResult]]] = {}
-        self._untaken: dict[tuple[bytes, bytes], tuple[Unit, Future[SubtreeResult]]] = {}
+        self._board = _Board()
+        self._untaken: dict[tuple[bytes, bytes], Unit] = {}
         self._dispatcher: threading.Thread | None = None
         self._failure: WorkerError | None = None
 
     def start(self, units: Sequence[Unit]) -> None:
         """Hand out units in this order, each to the next idle worker."""
         for unit in units:
-            self._results.setdefault((unit.root, unit.path), (unit, Future()))
-        self._untaken = dict(self._results)
-        queue = deque(unit for unit, _ in self._results.values())
+            self._untaken.setdefault((unit.root, unit.path), unit)
+        queue = deque(self._untaken.values())
         self._dispatcher = threading.Thread(
             target=self._dispatch, args=(queue,), name="subtrees", daemon=True
         )
         self._dispatcher.start()
 
-    def take(self, root: bytes, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
+    def take(self, root: bytes, path: bytes, old_subtree: str | None) -> _Pending | None:
         """The result for path, if it was handed out with the same root and parent subtree (once)."""
-        entry = self._untaken.pop((root, path), None)
-        if entry is None or entry[0].old_subtree != old_subtree:
+        unit = self._untaken.pop((root, path), None)
+        if unit is None or unit.old_subtree != old_subtree:
             return None
-        return entry[1]
+        return _Pending(self._board, (root, path))
 
     def _dispatch(self, queue: deque[Unit]) -> None:
         idle = list(self._connections)
@@ -223,15 +264,13 @@ class SubtreeWorkers:
                         paths = ", ".join(os.fsdecode(unit.path) for unit in batch[:3])
                         raise WorkerError(f"backing up {paths} failed: {payload}")
                     for unit, result in zip(batch, payload, strict=True):
-                        self._results[unit.root, unit.path][1].set_result(result)
+                        self._board.post((unit.root, unit.path), result)
                     idle.append(ready)
         except Exception as error:  # whatever it is, nobody may wait forever for a result
             failure = error if isinstance(error, WorkerError) else WorkerError(f"worker lost: {error!r}")
             # Its claimed blobs may never be stored: the whole backup fails, not just its units.
             self._failure = failure
-            for _, future in self._results.values():
-                if not future.done():
-                    future.set_exception(failure)
+            self._board.fail(failure)
 
     def finish(self) -> list[WriterReport]:
         """Stop the workers once every unit is done; returns what each stored."""

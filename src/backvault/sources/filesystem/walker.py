@@ -79,10 +79,17 @@ class SubtreeResult:
     new_cache: DirectoryCache
 
 
+class PendingSubtree(Protocol):
+    """A subtree being backed up elsewhere."""
+
+    def result(self, timeout: float | None = None) -> SubtreeResult:
+        """Wait for it (raises TimeoutError after timeout seconds)."""
+
+
 class Handoff(Protocol):
     """Directories that other processes back up while this walker does the rest."""
 
-    def take(self, root: bytes, path: bytes, old_subtree: str | None) -> Future[SubtreeResult] | None:
+    def take(self, root: bytes, path: bytes, old_subtree: str | None) -> PendingSubtree | None:
         """The pending result for path below root if handed off with this parent subtree, else None."""
 
 
@@ -330,18 +337,18 @@ class Walker:
 
     def _handed_off(
         self, path: bytes, st: os.stat_result, old_subtree: str | None, root_dev: int
-    ) -> Future[SubtreeResult] | None:
+    ) -> PendingSubtree | None:
         if self.handoff is None or (self.one_file_system and st.st_dev != root_dev):
             return None
         return self.handoff.take(self.root, path, old_subtree)
 
     def _collect(
-        self, future: Future[SubtreeResult], st: os.stat_result, old_subtree: str | None
+        self, pending: PendingSubtree, st: os.stat_result, old_subtree: str | None
     ) -> Descended | None:
         """Wait for a subtree walked elsewhere and take over its counts, errors and cache entries."""
         while True:
             try:
-                result = future.result(timeout=_PROGRESS_INTERVAL)
+                result = pending.result(timeout=_PROGRESS_INTERVAL)
                 break
             except TimeoutError:
                 self.report(self.root)  # counts move as units finish; the clock moves meanwhile
@@ -446,7 +453,7 @@ class Walker:
         old_tree = None if trusted else self.load_old(old_tree_id)
         old_nodes = {node.name: node for node in old_tree.nodes} if old_tree is not None else {}
         results: list[_Result] = []
-        handed: list[tuple[int, Future[SubtreeResult], os.stat_result, str | None]] = []
+        handed: list[tuple[int, PendingSubtree, os.stat_result, str | None]] = []
         for name, child, st, kind in entries:
             old = old_nodes.get(name)
             if kind == "dir":

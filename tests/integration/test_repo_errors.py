@@ -304,3 +304,16 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert "created repository" in completed.stdout, (completed.stdout, completed.stderr)
     assert (location / "config").is_file()
+
+
+# --- backup options --------------------------------------------------------------------------
+
+
+def test_backup_processes_must_be_a_positive_count(repository: Path, source: Path) -> None:
+    result = _run_unchanged(repository, ["backup", "--processes", "0", str(source)])
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.describe()
+    assert "'--processes'" in result.stderr and "greater than or equal to 1" in result.stderr, (
+        result.describe()
+    )
+    one = ok(run_cli("backup", "--processes", "1", "--json", str(source), repo=repository))
+    assert one.json()["summary"]["processes"] == 1

@@ -95,6 +95,15 @@ def backup(
         bool,
         typer.Option("--with-atime", help="Record access times (by default a node's atime is its mtime)"),
     ] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="Walking processes for a local repository (default: one per core)",
+        ),
+    ] = None,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -117,6 +126,7 @@ def backup(
                 parent=parent_snapshot,
                 progress=progress.update,
                 with_atime=with_atime,
+                processes=processes,
             )
     if json_output:
         print_json(snapshot.to_json())

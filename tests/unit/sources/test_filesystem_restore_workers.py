@@ -13,6 +13,7 @@ import pytest
 from filesystem_helpers import assert_same_tree, new_repository, opened_directory, write_file
 
 from backvault.repo.chunk_reader import read_located
+from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
 from backvault.repo.pack import pack_key
 from backvault.repo.repository import Repository
@@ -224,3 +225,128 @@ def test_workers_do_not_inherit_the_passphrase_from_the_environment(monkeypatch:
     assert "BACKVAULT_PASSWORD" not in environment and "AWS_SECRET_ACCESS_KEY" not in environment
     assert environment["PATH_FOR_TEST"] == "kept"
     assert "hunter2" not in environment.values()
+
+
+@pytest.fixture
+def small_jobs(small_batches: list[int], monkeypatch: pytest.MonkeyPatch) -> list[restore_workers.Walked]:
+    """Hand subtrees to workers at once and have them hand back all but a few entries."""
+    monkeypatch.setattr(restore_workers, "JOB_ENTRIES", 2)
+    walks: list[restore_workers.Walked] = []
+    original = restore_workers.BatchRunner._walked
+
+    def spy(self: restore_workers.BatchRunner, walked: restore_workers.Walked) -> None:
+        walks.append(walked)
+        original(self, walked)
+
+    monkeypatch.setattr(restore_workers.BatchRunner, "_walked", spy)
+    return walks
+
+
+def build_subtrees(root: Path) -> None:
+    """Nested directories with hard links across subtrees, a read-only directory, links, a FIFO."""
+    for top in ("a", "b", "c"):
+        for middle in range(3):
+            for leaf in range(2):
+                directory = root / top / f"m{middle}" / f"l{leaf}"
+                directory.mkdir(parents=True)
+                for index in range(2):
+                    (directory / f"f{index}").write_bytes(os.urandom(200 + 300 * index))
+                os.utime(directory, ns=(1_600_000_000_000_000_000 + leaf, 1_600_000_000_000_000_000 + leaf))
+    (root / "a" / "first").write_bytes(os.urandom(4000))
+    os.link(root / "a" / "first", root / "b" / "m2" / "l1" / "second")  # another subtree
+    os.link(root / "a" / "first", root / "c" / "m0" / "third")
+    os.link(root / "c" / "m1" / "l0" / "f1", root / "top-level-link")  # planned by the planner
+    os.symlink("../a/first", root / "b" / "m0" / "symlink")
+    os.mkfifo(root / "c" / "m2" / "fifo")
+    (root / "empty").mkdir()
+    os.chmod(root / "c" / "m1", 0o555)  # must stay writable until the files below are restored
+    os.utime(root / "a", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+
+
+def test_subtrees_handed_to_workers_restore_exactly(
+    tmp_path: Path, repo: Repository, small_jobs: list[restore_workers.Walked]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "z-first-batch").mkdir()  # the planner starts the workers after these
+    for index in range(3):
+        (source / "z-first-batch" / f"f{index}").write_bytes(b"x" * index)
+    build_subtrees(source)
+    try:
+        snapshot = backup_paths(repo, [str(source)])
+        target = tmp_path / "restore"
+        updates: list[RestoreProgress] = []
+        result = restore_snapshot(repo, snapshot, str(target), workers=2, progress=updates.append)
+        assert result.errors == []
+        assert_same_tree(str(source), str(target / "src"))
+    finally:
+        os.chmod(source / "c" / "m1", 0o755)
+        if (tmp_path / "restore" / "src" / "c" / "m1").exists():
+            os.chmod(tmp_path / "restore" / "src" / "c" / "m1", 0o755)
+    files = sum(len(names) for _, _, names in os.walk(source)) - 2  # not the symlink and FIFO
+    directories = sum(len(names) for _, names, _ in os.walk(source)) + 1
+    assert any(walked.deferred for walked in small_jobs)  # workers handed directories back
+    assert any(walked.linked for walked in small_jobs)
+    late = sum(len(walked.directories) for walked in small_jobs)
+    assert 0 < late < directories  # workers applied the metadata of the directories they finished
+    assert (result.files_restored, result.dirs_restored, result.others_restored) == (files, directories, 2)
+    assert updates[-1].files == files
+
+
+def test_a_partial_restore_hands_off_only_whole_subtrees(
+    tmp_path: Path, repo: Repository, small_jobs: list[restore_workers.Walked]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    build_subtrees(source)
+    os.chmod(source / "c" / "m1", 0o755)
+    snapshot = backup_paths(repo, [str(source)])
+    target = tmp_path / "restore"
+    includes = ["src/a", "src/b/m2/l1", "src/c/m0/third", "src/c/m1/l0/f0"]
+    result = restore_snapshot(repo, snapshot, str(target), includes=includes, workers=2)
+    assert result.errors == []
+    restored = {
+        os.path.relpath(os.path.join(directory, name), target)
+        for directory, _, names in os.walk(target)
+        for name in names
+    }
+    wanted = {
+        os.path.relpath(os.path.join(directory, name), tmp_path)
+        for directory, _, names in os.walk(source / "a")
+        for name in names
+    }
+    wanted |= {"src/b/m2/l1/f0", "src/b/m2/l1/f1", "src/b/m2/l1/second", "src/c/m0/third", "src/c/m1/l0/f0"}
+    assert restored == wanted
+    third, first = target / "src" / "c" / "m0" / "third", target / "src" / "a" / "first"
+    assert os.stat(third).st_ino == os.stat(first).st_ino  # linked across a handed-off subtree
+    assert_same_tree(str(source / "a"), str(target / "src" / "a"))
+    assert small_jobs  # the whole subtrees went to workers
+
+
+def test_a_damaged_tree_in_a_handed_off_subtree_is_reported_as_in_process(
+    tmp_path: Path, repo: Repository, small_jobs: list[restore_workers.Walked]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    build_subtrees(source)
+    os.chmod(source / "c" / "m1", 0o755)
+    snapshot = backup_paths(repo, [str(source)])
+    src = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "")
+    b_node = src.find(b"b")
+    assert b_node is not None and b_node.subtree is not None
+    damaged = repo.load_tree(b_node.subtree).find(b"m1")
+    assert damaged is not None and damaged.subtree is not None
+    location = repo.index.lookup(bytes.fromhex(damaged.subtree))
+    assert location is not None
+    pack = Path(repo.store.location) / pack_key(location.pack_id)
+    data = bytearray(pack.read_bytes())
+    data[location.offset + location.length // 2] ^= 0xFF
+    os.chmod(pack, 0o644)
+    pack.write_bytes(bytes(data))
+    with pytest.raises(DamagedDataError) as alone:
+        repo.load_tree(damaged.subtree)
+
+    result = restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=2)
+    assert result.errors == [("/src/b/m1", f"cannot read the directory listing: {alone.value}")]
+    assert os.listdir(tmp_path / "restore" / "src" / "b" / "m1") == []
+    assert (tmp_path / "restore" / "src" / "b" / "m0" / "symlink").is_symlink()

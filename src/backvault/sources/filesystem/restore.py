@@ -3,9 +3,10 @@
 The restore plans first (creating directories, links and special files while it
 walks the trees, which restore_trees.py reads a window of their pack at a time), and
 hands the regular files to a batch runner in batches. Each batch's chunks are read
-once, in pack order, and written to every position that needs them (restore_write.py);
-big restores run the batches in worker processes (restore_workers.py). All-zero
-chunks are skipped so sparse files stay sparse.
+once, in pack order, and written to every position that needs them (restore_write.py).
+Big restores run in worker processes (restore_workers.py), which are handed whole
+subtrees: they walk, create and write those themselves, in parallel. All-zero chunks
+are skipped so sparse files stay sparse.
 Everything is created relative to an open parent directory with O_NOFOLLOW, so a
 path longer than PATH_MAX works and a crafted snapshot cannot write outside the target.
 
@@ -129,15 +130,23 @@ def restore_snapshot(
     planner = Planner(repo, directories, result.errors)
     reporter = _Reporter(planner, result, progress)
     count = default_workers() if workers is None else workers
-    runner = BatchRunner(repo, directories, target, result, count, reporter)
+    runner = BatchRunner(repo, directories, target, result, count, reporter, planner)
     planner.add_file = runner.add
+    planner.hand_off = runner.hand_off
     lock = repo.lock_and_refresh()  # a concurrent prune must not sweep the packs we read
     try:
+        if not includes:
+            summary = snapshot.summary
+            files = sum(summary.get(kind, 0) for kind in ("files_new", "files_changed", "files_unmodified"))
+            runner.expect(files, summary.get("total_bytes", 0))
         with _collector_paused():
-            planner.plan(snapshot.tree, includes)
+            # A whole snapshot with workers running goes to them from the top: this process
+            # then never reads the index unless there are hard links to match up.
+            if includes or not runner.hand_off(snapshot.tree, b"", planner.target_gid):
+                planner.plan(snapshot.tree, includes)
             runner.finish()
             planner.link_all()
-            result.dirs_restored = planner.apply_directory_metadata()
+            result.dirs_restored += planner.apply_directory_metadata()
         result.others_restored = planner.others
         result.files_restored += planner.linked
     finally:

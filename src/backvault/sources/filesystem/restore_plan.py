@@ -144,6 +144,12 @@ class Planner:
         self.created_directories: list[tuple[bytes, Node, tuple[int, int] | None]] = []
         # Receives every planned regular file; the restore writes them in batches.
         self.add_file: Callable[[RestoredFile], None] = lambda item: None
+        # Asked before walking into a whole directory (tree id, path, what entries created in
+        # it get): True when someone else (a worker process) walks it instead.
+        self.hand_off: Callable[[str, bytes, NewGid], bool] = lambda tree_id, path, gid: False
+        # Set in worker processes: receives files with hard links (directory, node, gid), which
+        # only the main process can match up across subtrees.
+        self.defer_linked: Callable[[bytes, Node, NewGid], None] | None = None
         self.euid = os.geteuid()
         self.as_root = self.euid == 0
         self.target_gid = new_gid(directories.target_fd)
@@ -235,7 +241,7 @@ class Planner:
         """Create or plan one node (gid: what entries created in directory get)."""
         if node.type == "dir":
             inner = self._make_directory(directory, node, path, gid)
-            if node.subtree is not None:
+            if node.subtree is not None and not (below is None and self.hand_off(node.subtree, path, inner)):
                 self.walk(node.subtree, path, below, inner)
             return
         if node.type == "file":
@@ -299,6 +305,9 @@ class Planner:
         """Note where each chunk of a file goes; hard links to a planned inode become aliases."""
         key = (node.device_id, node.inode)
         if node.links > 1:
+            if self.defer_linked is not None:
+                self.defer_linked(directory, node, gid)
+                return
             primary = self.hard_links.get(key)
             if primary is not None:
                 if primary.finished:
@@ -319,6 +328,10 @@ class Planner:
                 self.errors.append((item.display, item.failed))
                 return
         self.add_file(item)
+
+    def plan_linked(self, directory: bytes, node: Node, gid: NewGid) -> None:
+        """Plan a file with hard links that a worker process met (see defer_linked)."""
+        self._plan_file(node, directory, _join(directory, node.name), gid)
 
     def link_all(self) -> None:
         """Create the hard links noted while planning, once every primary file is written."""

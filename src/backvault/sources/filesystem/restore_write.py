@@ -121,6 +121,7 @@ class BatchResult:
     bytes_written: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # token -> why that hard-link primary failed
+    directories: int = 0  # directories whose metadata a worker applied (see restore_workers.py)
 
 
 def process_umask() -> int | None:

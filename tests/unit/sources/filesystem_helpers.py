@@ -12,8 +12,10 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+from backvault.repo.pack import pack_key
 from backvault.repo.repository import Repository
 from backvault.storage.local import LocalStore
 
@@ -27,6 +29,17 @@ Entry = dict[str, Any]
 def new_repository(path: str) -> Repository:
     """Create a repository on a LocalStore at path."""
     return Repository.init(LocalStore(path), PASSWORD)
+
+
+def damage_blob(repo: Repository, blob_id: str, at: int | None = None) -> None:
+    """Flip one byte of a stored blob in its pack file (at: offset in the blob, default the middle)."""
+    location = repo.index.lookup(bytes.fromhex(blob_id))
+    assert location is not None
+    pack = Path(repo.store.location) / pack_key(location.pack_id)
+    data = bytearray(pack.read_bytes())
+    data[location.offset + (location.length // 2 if at is None else at)] ^= 0xFF
+    os.chmod(pack, 0o644)  # packs are stored read-only
+    pack.write_bytes(bytes(data))
 
 
 @contextmanager

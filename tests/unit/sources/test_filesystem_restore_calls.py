@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from filesystem_helpers import PASSWORD, assert_same_tree, new_repository, opened_directory, write_file
+from filesystem_helpers import (
+    PASSWORD,
+    assert_same_tree,
+    damage_blob,
+    new_repository,
+    opened_directory,
+    write_file,
+)
 
 from backvault.repo.errors import DamagedDataError
-from backvault.repo.pack import pack_key
 from backvault.repo.repository import Repository
 from backvault.sources.filesystem import restore_workers
 from backvault.sources.filesystem.backup import backup_paths
@@ -279,13 +285,7 @@ def test_a_damaged_tree_in_a_window_is_reported_as_when_read_alone(tmp_path: Pat
     src = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "")
     damaged = src.find(b"d3")
     assert damaged is not None and damaged.subtree is not None
-    location = repo.index.lookup(bytes.fromhex(damaged.subtree))
-    assert location is not None
-    pack = Path(repo.store.location) / pack_key(location.pack_id)
-    data = bytearray(pack.read_bytes())
-    data[location.offset + location.length // 2] ^= 0xFF
-    os.chmod(pack, 0o644)
-    pack.write_bytes(bytes(data))
+    damage_blob(repo, damaged.subtree)
     with pytest.raises(DamagedDataError) as alone:
         repo.load_tree(damaged.subtree)
 

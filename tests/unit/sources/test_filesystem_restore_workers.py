@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from filesystem_helpers import assert_same_tree, new_repository, opened_directory, write_file
+from filesystem_helpers import assert_same_tree, damage_blob, new_repository, opened_directory, write_file
 
 from backvault.repo.chunk_reader import read_located
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
-from backvault.repo.pack import pack_key
 from backvault.repo.repository import Repository
+from backvault.repo.snapshot import Snapshot
 from backvault.sources.filesystem import restore_workers
 from backvault.sources.filesystem.backup import backup_paths
 from backvault.sources.filesystem.restore import RestoreProgress, restore_snapshot
@@ -104,13 +104,7 @@ def test_a_damaged_chunk_fails_its_files_and_their_hard_links_in_workers(
     snapshot = backup_paths(repo, [str(source)])
     node = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "").find(b"damaged")
     assert node is not None
-    location = repo.index.lookup(bytes.fromhex(node.content[0]))
-    assert location is not None
-    pack = Path(repo.store.location) / pack_key(location.pack_id)
-    data = bytearray(pack.read_bytes())
-    data[location.offset + 100] ^= 0xFF
-    os.chmod(pack, 0o644)
-    pack.write_bytes(bytes(data))
+    damage_blob(repo, node.content[0], at=100)
 
     target = tmp_path / "restore"
     result = restore_snapshot(repo, snapshot, str(target), workers=2)
@@ -293,14 +287,19 @@ def test_subtrees_handed_to_workers_restore_exactly(
     assert updates[-1].files == files
 
 
-def test_a_partial_restore_hands_off_only_whole_subtrees(
-    tmp_path: Path, repo: Repository, small_jobs: list[restore_workers.Walked]
-) -> None:
+def _backed_up_subtrees(tmp_path: Path, repo: Repository) -> tuple[Path, Snapshot]:
+    """build_subtrees in tmp_path/src (the read-only directory made writable again), backed up."""
     source = tmp_path / "src"
     source.mkdir()
     build_subtrees(source)
     os.chmod(source / "c" / "m1", 0o755)
-    snapshot = backup_paths(repo, [str(source)])
+    return source, backup_paths(repo, [str(source)])
+
+
+def test_a_partial_restore_hands_off_only_whole_subtrees(
+    tmp_path: Path, repo: Repository, small_jobs: list[restore_workers.Walked]
+) -> None:
+    source, snapshot = _backed_up_subtrees(tmp_path, repo)
     target = tmp_path / "restore"
     includes = ["src/a", "src/b/m2/l1", "src/c/m0/third", "src/c/m1/l0/f0"]
     result = restore_snapshot(repo, snapshot, str(target), includes=includes, workers=2)
@@ -326,23 +325,13 @@ def test_a_partial_restore_hands_off_only_whole_subtrees(
 def test_a_damaged_tree_in_a_handed_off_subtree_is_reported_as_in_process(
     tmp_path: Path, repo: Repository, small_jobs: list[restore_workers.Walked]
 ) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    build_subtrees(source)
-    os.chmod(source / "c" / "m1", 0o755)
-    snapshot = backup_paths(repo, [str(source)])
+    _, snapshot = _backed_up_subtrees(tmp_path, repo)
     src = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "")
     b_node = src.find(b"b")
     assert b_node is not None and b_node.subtree is not None
     damaged = repo.load_tree(b_node.subtree).find(b"m1")
     assert damaged is not None and damaged.subtree is not None
-    location = repo.index.lookup(bytes.fromhex(damaged.subtree))
-    assert location is not None
-    pack = Path(repo.store.location) / pack_key(location.pack_id)
-    data = bytearray(pack.read_bytes())
-    data[location.offset + location.length // 2] ^= 0xFF
-    os.chmod(pack, 0o644)
-    pack.write_bytes(bytes(data))
+    damage_blob(repo, damaged.subtree)
     with pytest.raises(DamagedDataError) as alone:
         repo.load_tree(damaged.subtree)
 

@@ -72,12 +72,18 @@ def test_a_chunk_met_by_several_workers_is_stored_once(repo: Repository, source:
     assert snapshot.summary["chunks_new"] == len(stored)
 
 
-def test_workers_never_read_excluded_directories(repo: Repository, source: Path) -> None:
+@pytest.mark.parametrize("anchored", [True, False])
+def test_workers_never_read_excluded_directories(repo: Repository, source: Path, anchored: bool) -> None:
     secret = os.urandom(5000)
     (source / "top1" / "sub2" / "secret.key").write_bytes(secret)
-    snapshot = backup_paths(repo, [str(source)], excludes=["/top1/sub2"], processes=2)
+    excluded = source / "top1" / "sub2"
+    # "/top1/sub2" is anchored at the backed-up path; the absolute path matches too.
+    pattern = "/top1/sub2" if anchored else str(excluded)
+    snapshot = backup_paths(repo, [str(source)], excludes=[pattern], processes=2)
     assert snapshot.summary["files_new"] == 3 * 4 * 3 + 2 - 3
-    assert repo.codec.blob_id(BlobType.DATA, secret) not in _stored_blobs(repo)
+    stored = _stored_blobs(repo)
+    for content in (secret, (excluded / "deeper" / "big.bin").read_bytes()):  # below the frontier too
+        assert repo.codec.blob_id(BlobType.DATA, content) not in stored
 
 
 def test_an_incremental_backup_in_several_processes_keeps_unchanged_trees(

@@ -330,9 +330,9 @@ class Walker:
 
     # --- subtrees walked in other processes ---------------------------------------------------
 
-    def excluded(self, name: bytes, child: bytes) -> bool:
-        """Tell whether an entry is excluded (what stat_entries decides, for one entry)."""
-        relative = child[len(self.root) :] if self.excludes.needs_paths else b""
+    def excluded(self, name: bytes, child: bytes, root: bytes) -> bool:
+        """Tell whether an entry below the backed-up path root is excluded (as stat_entries would)."""
+        relative = child[len(root) :] if self.excludes.needs_paths else b""
         return bool(self.excludes) and self.excludes.excluded(name, child, relative)
 
     def _handed_off(

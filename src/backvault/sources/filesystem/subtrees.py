@@ -83,7 +83,9 @@ def _subdirectories(
     units: list[Unit] = []
     for name, dev in found:
         child = directory.path + b"/" + name
-        if walker.excluded(name, child, directory.root) or (walker.one_file_system and dev != directory.root_dev):
+        if walker.excluded(name, child, directory.root) or (
+            walker.one_file_system and dev != directory.root_dev
+        ):
             continue
         units.append(Unit(directory.root, child, old(directory, name), directory.root_dev))
     return units

@@ -259,7 +259,7 @@ def backup_paths(
         walker = make_walker(pool)
         workers = None
         try:
-            # Forked before this process starts any thread of its own (see subtrees.py).
+            # Forked before the walk starts its threads; only the lock refresher runs (subtrees.py).
             workers = _start_workers(repo, walker, make_walker, absolute, old_roots, processes, threads)
             walking = 1 if workers is None else 1 + processes
             nodes: list[Node] = []

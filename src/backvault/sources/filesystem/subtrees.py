@@ -3,14 +3,16 @@
 The per-file work of a backup (open, read, hash, compress, seal, tree encoding) is Python
 bound by the GIL: threads do not scale it (docs/benchmarks.md). So the backup process
 plans a frontier of directories a few levels down (plan_units), forks one worker per core,
-and hands each directory of the frontier to the next idle worker. A worker walks it with
-its own Walker and pack builder, exactly as the backup process would, and sends back the
-tree id with its counts, errors and directory-cache entries. The backup process walks the
-levels above the frontier itself and uses the workers' results when it reaches them.
+and hands the directories of the frontier to the next idle worker, in batches while many
+wait. A worker walks each with its own Walker and pack builder, exactly as the backup
+process would, and sends back the tree id with its counts, errors and directory-cache
+entries. The backup process walks the levels above the frontier itself and uses the
+workers' results when it reaches them.
 
 Workers are forked (not spawned) so they share the unlocked repository, the loaded
 index and the directory cache without sending the master key anywhere; they are forked
-before the backup starts any thread of its own. Blobs are deduplicated across processes by
+before the walk starts its threads (only the lock refresher, which sleeps between writes of
+the lock file, is running). Blobs are deduplicated across processes by
 a shared ClaimTable. Each worker writes its own packs and index objects; the backup
 process commits the snapshot only after every worker has flushed, so the write order
 packs -> index -> snapshot still holds. Workers die with the backup process (SIGKILL on

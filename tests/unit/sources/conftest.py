@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from backvault.repo.repository import Repository
+
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
@@ -29,3 +31,11 @@ def private_cache_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterato
         del os.environ["BACKVAULT_CACHE_DIR"]
     else:
         os.environ["BACKVAULT_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    """A new repository on local storage (tmp_path/repo)."""
+    from filesystem_helpers import new_repository  # importable once this module ran
+
+    return new_repository(str(tmp_path / "repo"))

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from backvault.repo.errors import DamagedDataError
 from backvault.repo.pack import pack_key
 from backvault.repo.repository import Repository
 from backvault.storage.local import LocalStore
@@ -40,6 +41,16 @@ def damage_blob(repo: Repository, blob_id: str, at: int | None = None) -> None:
     data[location.offset + (location.length // 2 if at is None else at)] ^= 0xFF
     os.chmod(pack, 0o644)  # packs are stored read-only
     pack.write_bytes(bytes(data))
+
+
+def damage_tree(repo: Repository, tree_id: str) -> DamagedDataError:
+    """Damage a stored tree; returns the error that reading it alone gives (what restores report)."""
+    damage_blob(repo, tree_id)
+    try:
+        repo.load_tree(tree_id)
+    except DamagedDataError as error:
+        return error
+    raise AssertionError("the damaged tree still loads")
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from filesystem_helpers import PASSWORD, new_repository
+from filesystem_helpers import PASSWORD
 
 from backvault.repo.repository import Repository
 from backvault.repo.snapshot import Snapshot
@@ -14,11 +14,6 @@ from backvault.repo.tree import Tree
 from backvault.sources.filesystem.backup import backup_paths, latest_parent
 from backvault.sources.filesystem.backup_cache import cache_path, load_cache
 from backvault.sources.filesystem.restore import restore_snapshot
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return new_repository(str(tmp_path / "repo"))
 
 
 @pytest.fixture

@@ -29,11 +29,6 @@ from backvault.storage.local import LocalStore
 NOBODY = 65534
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return new_repository(str(tmp_path / "repo"))
-
-
 def make_source(root: Path) -> Path:
     (root / "sub").mkdir(parents=True)
     (root / "keep.txt").write_bytes(b"kept")

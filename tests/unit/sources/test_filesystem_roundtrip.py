@@ -12,7 +12,6 @@ import pytest
 from filesystem_helpers import (
     assert_same_tree,
     make_deep_directory,
-    new_repository,
     opened_directory,
     write_file,
 )
@@ -25,11 +24,6 @@ from backvault.sources.filesystem.restore import RestoreProgress, data_ranges, r
 AS_ROOT = os.geteuid() == 0
 GIB = 1 << 30
 LONG_NAME = b"n" * 200
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return new_repository(str(tmp_path / "repo"))
 
 
 def build_edge_cases(root: Path) -> None:

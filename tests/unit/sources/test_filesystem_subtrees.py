@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from filesystem_helpers import PASSWORD, assert_same_tree, new_repository
+from filesystem_helpers import PASSWORD, assert_same_tree
 
 from backvault.repo.blob import BlobType
 from backvault.repo.check import check
@@ -19,11 +19,6 @@ from backvault.sources.filesystem.subtrees import WorkerError
 from backvault.sources.filesystem.walker import Walker
 
 SHARED = os.urandom(300_000)  # one chunk, the same in every subtree
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Repository:
-    return new_repository(str(tmp_path / "repo"))
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ string (measured in docs/repository-format.md).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import zstandard
 
+from backvault.repo import canonical_json
 from backvault.repo.blob import BlobType
 from backvault.repo.crypto import AuthenticationError, Sealer
 from backvault.repo.pack import PackEntry
@@ -51,7 +51,7 @@ def encode_index(packs: dict[str, list[PackEntry]], supersedes: Iterable[str], s
             for pack_id, entries in sorted(packs.items())
         ],
     }
-    plain = json.dumps(document, separators=(",", ":")).encode()
+    plain = canonical_json.dumps(document)
     return sealer.seal(zstandard.ZstdCompressor(level=3).compress(plain), INDEX_AAD)
 
 
@@ -59,7 +59,7 @@ def decode_index(data: bytes, sealer: Sealer) -> IndexDocument:
     """Open and parse an index object; ValueError if damaged."""
     try:
         plain = zstandard.ZstdDecompressor().decompress(sealer.open(data, INDEX_AAD))
-        document = json.loads(plain)
+        document = canonical_json.loads(plain)
         types = _BLOB_TYPES  # a dict lookup instead of the enum's slower constructor
         from_hex, new = bytes.fromhex, tuple.__new__  # NamedTuple's own __new__ is Python, 4x slower
         packs = {

@@ -9,6 +9,12 @@ system. Measured on the 1 GiB benchmark set, a first backup peaked at ~290 MiB R
 with the defaults, ~200 MiB with two arenas and ~140 MiB when, in addition, every
 allocation of 1 MiB or more is its own mapping, given back when freed (the page
 faults of a fresh mapping cost less than the noise of the measurement).
+
+Fixing the mmap threshold also fixes glibc's trim threshold at its 128 KiB default, so the
+smaller buffers (chunks under 1 MiB, small files, compressed blobs) were given back to the
+system and faulted in again all the time: half of a first backup's 540k page faults. An
+8 MiB trim threshold keeps them for reuse (~290k faults, ~0.6 s less system time, ~10 MiB
+more RSS).
 """
 
 from __future__ import annotations
@@ -16,16 +22,18 @@ from __future__ import annotations
 import ctypes
 import threading
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 ARENAS = 2
 MMAP_THRESHOLD = 1024 * 1024
+TRIM_THRESHOLD = 8 * 1024 * 1024
 _lock = threading.Lock()
 _applied = False
 
 
 def tune_malloc() -> bool:
-    """Cap glibc's arenas and fix its mmap threshold for this process (once); True when applied."""
+    """Cap glibc's arenas and fix its mmap and trim thresholds for this process (once); True when applied."""
     global _applied
     with _lock:
         if _applied:
@@ -35,5 +43,12 @@ def tune_malloc() -> bool:
             mallopt = ctypes.CDLL(None).mallopt
         except (OSError, AttributeError):
             return False
-        _applied = bool(mallopt(_M_ARENA_MAX, ARENAS)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        _applied = all(
+            mallopt(option, value)
+            for option, value in (
+                (_M_ARENA_MAX, ARENAS),
+                (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            )
+        )
         return _applied

@@ -9,9 +9,10 @@ anything else as base64 under a "*_b64" key so that every name round-trips exact
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from backvault.repo import canonical_json
 
 NodeType = Literal["file", "dir", "symlink", "chardev", "blockdev", "fifo", "socket"]
 
@@ -136,12 +137,12 @@ class Tree:
         """Return the canonical bytes (sorted nodes, sorted keys, no spaces)."""
         ordered = sorted(self.nodes, key=lambda node: node.name)
         document = {"nodes": [node.to_json() for node in ordered]}
-        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return canonical_json.dumps(document, sort_keys=True)
 
     @classmethod
     def deserialize(cls, data: bytes) -> Tree:
         """Parse bytes produced by serialize."""
-        document = json.loads(data)
+        document = canonical_json.loads(data)
         return cls(nodes=[Node.from_json(item) for item in document["nodes"]])
 
     def find(self, name: bytes) -> Node | None:

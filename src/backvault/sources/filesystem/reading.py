@@ -34,6 +34,27 @@ class FileContent:
     xattrs: dict[str, bytes] = field(default_factory=dict)
 
 
+class ReadDone:
+    """A file the walking thread has read already: what a Future would hold, without the
+    lock a Future creates (~5 us each, for tens of thousands of small files)."""
+
+    __slots__ = ("_content", "_error")
+
+    def __init__(self, content: FileContent | None, error: OSError | None) -> None:
+        self._content = content
+        self._error = error
+
+    def result(self) -> FileContent:
+        if self._error is not None:
+            raise self._error
+        assert self._content is not None
+        return self._content
+
+
+# A file queued for reading: done at once (small files) or on a worker thread.
+FileRead = Future[FileContent] | ReadDone
+
+
 class ChangedTypeError(OSError):
     """The entry stopped being a regular file between lstat and open."""
 
@@ -84,23 +105,23 @@ class FileQueue:
         self.pool = pool
         # Bounds queued work so a huge directory does not pile up thousands of futures.
         self.slots = threading.BoundedSemaphore(max(16, threads * 8))
-        self.hard_links: dict[tuple[int, int], Future[FileContent]] = {}
-        # Futures whose bytes are not counted yet: hard links share one read.
-        self.unread: set[Future[FileContent]] = set()
+        self.hard_links: dict[tuple[int, int], FileRead] = {}
+        # Reads whose bytes are not counted yet: hard links share one read.
+        self.unread: set[FileRead] = set()
 
-    def submit(self, dir_fd: int | None, name: bytes, st: os.stat_result) -> Future[FileContent]:
+    def submit(self, dir_fd: int | None, name: bytes, st: os.stat_result) -> FileRead:
         """Queue a file for reading; hard links to an inode already queued share its future."""
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             shared = self.hard_links.get(key)
             if shared is not None:
                 return shared
+        future: FileRead
         if st.st_size < INLINE_SIZE:
-            future: Future[FileContent] = Future()
             try:
-                future.set_result(save_file_content(self.writer, dir_fd, name))
+                future = ReadDone(save_file_content(self.writer, dir_fd, name), None)
             except OSError as error:
-                future.set_exception(error)
+                future = ReadDone(None, error)
         else:
             self.slots.acquire()
             try:
@@ -119,7 +140,7 @@ class FileQueue:
         finally:
             self.slots.release()
 
-    def first_use(self, future: Future[FileContent]) -> bool:
+    def first_use(self, future: FileRead) -> bool:
         """Tell whether this is the first time future's content is used (count its bytes once)."""
         if future in self.unread:
             self.unread.discard(future)

@@ -34,6 +34,9 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_FILES = 64  # write descriptors kept open: big files get many chunks in a row
 _BLOCK = 4096  # the usual filesystem block: the unit in which holes can be kept
 _ZERO_BLOCK = bytes(_BLOCK)
+# Searched for first: looking for a 4 KiB needle costs ~2 us of set-up per chunk, a
+# 64-byte one almost nothing, and data without such a run cannot hold a zero block.
+_ZERO_RUN = bytes(64)
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 
 
@@ -150,7 +153,7 @@ def data_ranges(data: bytes, offset: int) -> list[tuple[int, int]]:
     A chunk can be mostly zeros (the start of a sparse file is cut into one 8 MiB chunk);
     skipping its zero filesystem blocks leaves them as holes in the pre-sized file.
     """
-    if _ZERO_BLOCK not in data:
+    if _ZERO_RUN not in data or _ZERO_BLOCK not in data:
         return [(0, len(data))]
     ranges: list[tuple[int, int]] = []
     length = len(data)

@@ -22,6 +22,7 @@ parent death), so a killed backup leaves nothing running.
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -141,6 +142,9 @@ def _serve(
     """A worker's life: back up units until told to stop, then flush and send the writer's stats."""
     other_end.close()
     _die_with_parent(prctl, parent)
+    # What came from the backup process is never garbage here: keep the collector off it
+    # (scanning it also copied every page it touched).
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the backup process's to handle
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
     walker = make_walker(pool)

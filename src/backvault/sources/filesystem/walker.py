@@ -41,7 +41,7 @@ from backvault.sources.filesystem.metadata import (
     read_xattrs,
     same_metadata,
 )
-from backvault.sources.filesystem.reading import DIRECTORY_FLAGS, FileContent, describe, open_noatime
+from backvault.sources.filesystem.reading import DIRECTORY_FLAGS, FileRead, ReadDone, describe, open_noatime
 
 _PROGRESS_INTERVAL = 0.25  # seconds between progress callbacks
 
@@ -94,7 +94,7 @@ class Handoff(Protocol):
 
 
 _Entry = tuple[bytes, bytes, os.stat_result, NodeType]  # name, path, lstat, type
-_Result = Node | Future[FileContent] | Descended | None  # None: skipped (reported) or not decided yet
+_Result = Node | FileRead | Descended | None  # None: skipped (reported) or not decided yet
 
 
 def _same_inode(old: Node | None, st: os.stat_result) -> bool:
@@ -191,9 +191,7 @@ class Walker:
         node.xattrs = old.xattrs  # same ctime: attributes cannot have changed
         return node
 
-    def finish_file(
-        self, name: bytes, path: bytes, future: Future[FileContent], old: Node | None
-    ) -> Node | None:
+    def finish_file(self, name: bytes, path: bytes, future: FileRead, old: Node | None) -> Node | None:
         """Wait for a queued file and build its node; report it when it could not be read."""
         try:
             content = future.result()
@@ -222,7 +220,7 @@ class Walker:
         st: os.stat_result,
         kind: NodeType,
         old: Node | None,
-    ) -> Node | Future[FileContent] | None:
+    ) -> Node | FileRead | None:
         """Back up a file (from the cache or queued for reading), symlink, FIFO, socket or device."""
         if kind == "file":
             cached = self.cached_file(old, st)
@@ -299,7 +297,7 @@ class Walker:
 
     def to_node(self, name: bytes, path: bytes, result: _Result, old: Node | None) -> Node | None:
         """Turn an entry's result into its node (waiting for file content if needed)."""
-        if isinstance(result, Future):
+        if isinstance(result, (Future, ReadDone)):
             return self.finish_file(name, path, result, old)
         if isinstance(result, Descended):
             return self.directory_node(name, result, old)

@@ -262,6 +262,9 @@ def _first_line(argv: list[str]) -> str:
 
 def run_measured(command: Command, environment: dict[str, str], log: Path) -> Measurement:
     """Run a command with output to log; wall time by perf_counter, CPU and peak RSS by wait4."""
+    # Untimed: what the previous step left to write back (and the discards of what the run
+    # deleted) is flushed now, not during the next tool's timed step.
+    os.sync()
     with log.open("ab") as log_file:
         log_file.write(f"\n$ {' '.join(command.argv)}  (cwd={command.cwd})\n".encode())
         log_file.flush()

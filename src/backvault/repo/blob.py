@@ -67,16 +67,21 @@ class BlobCodec:
         sample = plaintext[middle : middle + _SAMPLE]
         return len(self._local.probe.compress(sample)) < _INCOMPRESSIBLE_RATIO * len(sample)
 
-    def encode(self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview) -> bytes:
-        """Compress (when it pays) and seal plaintext."""
-        payload: bytes | None = None
+    def payload(self, plaintext: bytes | memoryview) -> bytes:
+        """What gets sealed: the flag byte, then the plaintext compressed (when it pays) or not."""
         if len(plaintext) > 64 and self._compressible(plaintext):
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
-                payload = bytes((_ZSTD,)) + compressed
-        if payload is None:
-            payload = bytes((_RAW,)) + plaintext  # one copy, also from a memoryview
-        return self._sealer.seal(payload, bytes((blob_type,)) + blob_id)
+                return bytes((_ZSTD,)) + compressed
+        return bytes((_RAW,)) + plaintext  # one copy, also from a memoryview
+
+    def encode(self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview) -> bytes:
+        """Compress (when it pays) and seal plaintext."""
+        return self._sealer.seal(self.payload(plaintext), bytes((blob_type,)) + blob_id)
+
+    def seal_into(self, blob_type: BlobType, blob_id: bytes, payload: bytes, out: memoryview) -> int:
+        """Write the stored form of payload (from payload()) at the start of out; returns its length."""
+        return self._sealer.seal_into(payload, bytes((blob_type,)) + blob_id, out)
 
     def decode(self, blob_type: BlobType, blob_id: bytes, stored: bytes | memoryview) -> bytes:
         """Open, decompress and verify a stored blob; raises ValueError describing the damage."""

@@ -33,8 +33,11 @@ if TYPE_CHECKING:
     from backvault.repo.repository import Repository
     from backvault.repo.snapshot import Snapshot
 
-# Files below this are read whole into one buffer and cut there (2x the largest chunk).
-WHOLE_FILE_BELOW = 16 * 1024 * 1024
+# Files up to this size are read whole into one buffer and cut there (2x the largest chunk).
+WHOLE_FILE_MAX = 16 * 1024 * 1024
+# Each thread keeps a buffer for whole files up to this size (bigger ones cost more memory
+# per thread than their page faults cost time).
+KEPT_FILE_BUFFER = 4 * 1024 * 1024
 # O_NOATIME keeps backups from touching access times; only the owner or root may use it
 _OPEN_FLAGS = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0)
 
@@ -78,6 +81,7 @@ class BackupWriter:
         # Shared with the other processes of a backup that walks in several (see claims.py).
         self.claims: ClaimTable | None = None
         self._builder = PackBuilder()
+        self._spare_buffers: list[bytearray] = []  # of packs already stored (see PackBuilder)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
         self._slots = threading.BoundedSemaphore(max(1, threads) * 2)
         self._local = threading.local()
@@ -129,15 +133,27 @@ class BackupWriter:
                 return ([self._save_blob(data, BlobType.DATA, None)] if data else []), len(data)
             # the file grew while we read it: fall back to chunking what we already have + the rest
             return self._save_chunks(_PrefixedReader(data, fd))
-        if size < WHOLE_FILE_BELOW:
-            # One buffer the size of the file, cut in place: the stream chunker would allocate and
+        if size <= WHOLE_FILE_MAX:
+            # The whole file in one buffer, cut in place: the stream chunker would allocate and
             # zero a 16 MiB buffer per file and copy every chunk out of it.
-            buffer = bytearray(size + 1)  # one byte more tells a file that grew while being read
-            filled = _read_into_all(fd, memoryview(buffer))
+            view = self._file_buffer(size + 1)  # one byte more tells a file that grew while being read
+            filled = _read_into_all(fd, view)
             if filled <= size:
-                return self._save_buffer(memoryview(buffer)[:filled])
-            return self._save_chunks(_PrefixedReader(bytes(buffer), fd))
+                return self._save_buffer(view[:filled])
+            return self._save_chunks(_PrefixedReader(bytes(view), fd))
         return self._save_chunks(_FdReader(fd))
+
+    def _file_buffer(self, size: int) -> memoryview:
+        """A buffer for a whole file: this thread's own up to KEPT_FILE_BUFFER bytes, kept so
+        that reading each file does not map, zero and fault in new memory. Free for reuse
+        once _save_buffer returns."""
+        if size > KEPT_FILE_BUFFER:
+            return memoryview(bytearray(size))
+        buffer: bytearray | None = getattr(self._local, "file_buffer", None)
+        if buffer is None or len(buffer) < size:
+            buffer = bytearray(size)
+            self._local.file_buffer = buffer
+        return memoryview(buffer)[:size]
 
     def _save_buffer(self, view: memoryview) -> tuple[list[str], int]:
         """Chunk and store bytes already in memory; chunks are views, encoded before this returns."""
@@ -228,25 +244,31 @@ class BackupWriter:
         return blob_id.hex()
 
     def _encode_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
-        stored = self.repository.codec.encode(blob_type, blob_id, data)
+        codec = self.repository.codec
+        payload = codec.payload(data)  # compression runs in parallel; sealing appends to the pack
         full: PackBuilder | None = None
         with self._mutex:
-            self._builder.add(blob_type, blob_id, stored, len(data))
+            stored = self._builder.add_payload(codec, blob_type, blob_id, payload, len(data))
             self.stats.chunks_new += 1
             self.stats.bytes_new += len(data)
-            self.stats.bytes_stored += len(stored)
+            self.stats.bytes_stored += stored
             if self._builder.size >= self.repository.config.pack_size:
-                full, self._builder = self._builder, PackBuilder()
+                full, self._builder = self._builder, self._new_builder()
         if full is not None:
             # Uploaded by the thread that filled it: an upload thread gained no measurable time
             # and held a third pack in memory (docs/benchmarks.md).
             self._upload(full)
+
+    def _new_builder(self) -> PackBuilder:
+        """A builder for the next pack, in the memory of one already stored (call with the mutex held)."""
+        return PackBuilder(self._spare_buffers.pop() if self._spare_buffers else None)
 
     def _upload(self, builder: PackBuilder) -> None:
         """Write one pack, then the index object that makes its blobs known."""
         repository = self.repository
         pack_id = store_pack(repository, builder)
         with self._mutex:
+            self._spare_buffers.append(builder.buffer)
             if repository.index_loaded:  # else the next load reads the index object just written
                 repository.index.add_pack(pack_id, builder.entries)
             self._pending.difference_update(entry.id for entry in builder.entries)
@@ -257,7 +279,7 @@ class BackupWriter:
     def flush(self) -> None:
         """Upload the partly filled pack and its index."""
         with self._mutex:
-            builder, self._builder = self._builder, PackBuilder()
+            builder, self._builder = self._builder, self._new_builder()
         if builder.entries:
             self._upload(builder)
 
@@ -293,10 +315,10 @@ class BackupWriter:
 
 def store_pack(repository: Repository, builder: PackBuilder) -> str:
     """Upload a finished pack, then the index object that makes its blobs known; returns the pack id."""
-    data = memoryview(builder.finish(repository.sealer))
-    pack_id = content_hash(data)
-    with contextlib.suppress(ObjectExistsError):  # identical bytes already stored by a retried upload
-        repository.store.put_new(pack_key(pack_id), data)
+    with builder.finish(repository.sealer) as data:  # released here: the builder's memory is reused
+        pack_id = content_hash(data)
+        with contextlib.suppress(ObjectExistsError):  # identical bytes already stored by a retried upload
+            repository.store.put_new(pack_key(pack_id), data)
     write_index(repository, {pack_id: builder.entries})
     return pack_id
 

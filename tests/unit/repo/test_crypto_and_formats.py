@@ -36,6 +36,37 @@ def test_seal_round_trip_and_fresh_salt_each_time(master: MasterKey) -> None:
     assert sealer.open(first, b"ad") == b"secret"
 
 
+@pytest.mark.parametrize("size", [0, 2000, 9 * 1024 * 1024])
+def test_seal_into_writes_what_open_reads_and_nothing_past_it(master: MasterKey, size: int) -> None:
+    sealer = Sealer(master.encryption_key)
+    plaintext = os.urandom(size)
+    out = bytearray(b"-" * (size + OVERHEAD + 5))
+    written = sealer.seal_into(plaintext, b"ad", memoryview(out)[2:])
+    assert written == size + OVERHEAD
+    assert out[:2] == b"--" and out[2 + written :] == b"---"
+    assert sealer.open(bytes(out[2 : 2 + written]), b"ad") == plaintext
+    with pytest.raises(ValueError, match="no room"):
+        sealer.seal_into(plaintext, b"ad", memoryview(out)[6:])
+
+
+def test_pack_built_from_payloads_in_a_reused_buffer_reads_back(master: MasterKey, codec: BlobCodec) -> None:
+    used = PackBuilder()
+    used.add_payload(codec, BlobType.DATA, b"\0" * 32, codec.payload(os.urandom(5 << 20)), 5 << 20)
+    with used.finish(Sealer(master.encryption_key)):
+        pass
+    builder = PackBuilder(used.buffer)  # old bytes beyond what is written must not leak in
+    blobs = [b"text " * 500, os.urandom(3000), b"", os.urandom(2 << 20)]
+    for plaintext in blobs:
+        blob_id = codec.blob_id(BlobType.DATA, plaintext)
+        builder.add_payload(codec, BlobType.DATA, blob_id, codec.payload(plaintext), len(plaintext))
+    pack = bytes(builder.finish(Sealer(master.encryption_key)))
+    entries = parse_pack_header(pack, Sealer(master.encryption_key))
+    assert [entry.raw_length for entry in entries] == [len(plaintext) for plaintext in blobs]
+    for entry, plaintext in zip(entries, blobs, strict=True):
+        stored = pack[entry.offset : entry.offset + entry.length]
+        assert codec.decode(BlobType.DATA, entry.id, stored) == plaintext
+
+
 def test_seal_detects_any_flipped_byte_and_wrong_associated_data(master: MasterKey) -> None:
     sealer = Sealer(master.encryption_key)
     sealed = sealer.seal(b"x" * 100, b"ad")
@@ -94,7 +125,7 @@ def test_pack_header_rebuilds_the_entries(master: MasterKey, codec: BlobCodec) -
     for blob in blobs:
         blob_id = codec.blob_id(BlobType.DATA, blob)
         builder.add(BlobType.DATA, blob_id, codec.encode(BlobType.DATA, blob_id, blob), len(blob))
-    pack = builder.finish(Sealer(master.encryption_key))
+    pack = bytes(builder.finish(Sealer(master.encryption_key)))
     entries = parse_pack_header(pack, Sealer(master.encryption_key))
     assert [entry.raw_length for entry in entries] == [len(blob) for blob in blobs]
     for entry, blob in zip(entries, blobs, strict=True):
@@ -129,3 +160,17 @@ def test_content_hash_names_objects() -> None:
     assert content_hash(b"abc") == content_hash(memoryview(b"abc"))
     assert content_hash(b"abc") != content_hash(b"abd")
     assert len(content_hash(b"")) == 64
+
+
+def test_pack_builder_grows_even_while_a_view_of_its_old_memory_lives(
+    master: MasterKey, codec: BlobCodec
+) -> None:
+    builder = PackBuilder(bytearray(16))
+    stale = memoryview(builder.buffer)  # e.g. kept by a traceback after a failed upload
+    blob = os.urandom(3 << 20)
+    blob_id = codec.blob_id(BlobType.DATA, blob)
+    builder.add_payload(codec, BlobType.DATA, blob_id, codec.payload(blob), len(blob))
+    pack = bytes(builder.finish(Sealer(master.encryption_key)))
+    (entry,) = parse_pack_header(pack, Sealer(master.encryption_key))
+    assert codec.decode(BlobType.DATA, blob_id, pack[: entry.length]) == blob
+    stale.release()

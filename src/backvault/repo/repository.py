@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -100,7 +101,7 @@ class Repository:
     @classmethod
     def open(cls, store: ObjectStore, password: str, *, load_index: bool = True) -> Repository:
         """Open with any key that the passphrase unlocks (load_index=False when a lock comes first)."""
-        master, key_id = unlock(store, password)
+        master, key_id = _unlocked_early(store, password) or unlock(store, password)
         config = RepositoryConfig.from_object(store.get(CONFIG_KEY), Sealer(master.encryption_key))
         return cls(store, master, config, key_id, load_index=load_index)
 
@@ -355,3 +356,45 @@ def unlock(store: ObjectStore, password: str) -> tuple[MasterKey, str]:
         if master is not None:
             return master, info.key.rsplit("/", 1)[1]
     raise WrongPasswordError(len(key_objects), damaged)
+
+
+# Unlocks started by unlock_early(), by (store location, SHA-256 of the passphrase).
+_early_unlocks: dict[tuple[str, bytes], Future[tuple[MasterKey, str]]] = {}
+_early_mutex = threading.Lock()
+
+
+def unlock_early(store: ObjectStore, password: str) -> None:
+    """Start unlock() on a thread, for the next Repository.open of this store and passphrase.
+
+    The key derivation (~0.3 s of Argon2id) releases the GIL, so a command can go on
+    importing and parsing its arguments on one core while the key is derived on another.
+    """
+    future: Future[tuple[MasterKey, str]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(unlock(store, password))
+        except BaseException as error:  # Repository.open unlocks again and reports it
+            future.set_exception(error)
+
+    with _early_mutex:
+        _early_unlocks[(store.location, hashlib.sha256(password.encode()).digest())] = future
+    threading.Thread(target=run, name="unlock", daemon=True).start()
+
+
+def _unlocked_early(store: ObjectStore, password: str) -> tuple[MasterKey, str] | None:
+    """The result of an early unlock of this store with this passphrase, if one succeeded.
+
+    Every early unlock is used at most once, by the next open: keys may change later.
+    """
+    with _early_mutex:
+        if not _early_unlocks:
+            return None
+        future = _early_unlocks.pop((store.location, hashlib.sha256(password.encode()).digest()), None)
+        _early_unlocks.clear()
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception:
+        return None

@@ -127,3 +127,30 @@ def test_writers_opened_after_a_mark_do_not_dedup_against_condemned_packs(reposi
         assert writer.stats.chunks_new > 0
     prune(later, grace_seconds=0)
     assert read_back(Repository.open(repository.store, "pw"), snapshot) == {b"f": data}
+
+
+def test_an_early_unlock_is_used_once_and_never_hides_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backvault.repo import keys
+    from backvault.repo.repository import unlock_early
+
+    store = LocalStore(tmp_path / "repo")
+    created = Repository.init(store, "pw")
+    derivations: list[bytes] = []
+    derive = keys._derive
+    monkeypatch.setattr(keys, "_derive", lambda *args: derivations.append(args[1]) or derive(*args))
+
+    unlock_early(store, "pw")
+    opened = Repository.open(LocalStore(tmp_path / "repo"), "pw")
+    assert opened.master == created.master and len(derivations) == 1  # the early derivation served
+
+    assert Repository.open(store, "pw").master == created.master  # used once: derived again
+    assert len(derivations) == 2
+
+    unlock_early(store, "wrong")
+    with pytest.raises(WrongPasswordError):
+        Repository.open(store, "wrong")
+
+    unlock_early(LocalStore(tmp_path / "elsewhere"), "pw")  # a guess that does not match
+    assert Repository.open(store, "pw").master == created.master

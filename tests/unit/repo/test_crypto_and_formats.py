@@ -27,6 +27,16 @@ def flip(data: bytes, position: int) -> bytes:
     return data[:position] + bytes([data[position] ^ 0x40]) + data[position + 1 :]
 
 
+def finished_pack(builder: PackBuilder, master: MasterKey, codec: BlobCodec, blobs: list[bytes]) -> bytes:
+    """Finish the pack and check that its header lists, and its bytes hold, exactly these blobs."""
+    pack = bytes(builder.finish(Sealer(master.encryption_key)))
+    entries = parse_pack_header(pack, Sealer(master.encryption_key))
+    assert [entry.raw_length for entry in entries] == [len(blob) for blob in blobs]
+    for entry, blob in zip(entries, blobs, strict=True):
+        assert codec.decode(BlobType.DATA, entry.id, pack[entry.offset : entry.offset + entry.length]) == blob
+    return pack
+
+
 def test_seal_round_trip_and_fresh_salt_each_time(master: MasterKey) -> None:
     sealer = Sealer(master.encryption_key)
     first = sealer.seal(b"secret", b"ad")
@@ -59,12 +69,7 @@ def test_pack_built_from_payloads_in_a_reused_buffer_reads_back(master: MasterKe
     for plaintext in blobs:
         blob_id = codec.blob_id(BlobType.DATA, plaintext)
         builder.add_payload(codec, BlobType.DATA, blob_id, codec.payload(plaintext), len(plaintext))
-    pack = bytes(builder.finish(Sealer(master.encryption_key)))
-    entries = parse_pack_header(pack, Sealer(master.encryption_key))
-    assert [entry.raw_length for entry in entries] == [len(plaintext) for plaintext in blobs]
-    for entry, plaintext in zip(entries, blobs, strict=True):
-        stored = pack[entry.offset : entry.offset + entry.length]
-        assert codec.decode(BlobType.DATA, entry.id, stored) == plaintext
+    finished_pack(builder, master, codec, blobs)
 
 
 def test_seal_detects_any_flipped_byte_and_wrong_associated_data(master: MasterKey) -> None:
@@ -125,12 +130,7 @@ def test_pack_header_rebuilds_the_entries(master: MasterKey, codec: BlobCodec) -
     for blob in blobs:
         blob_id = codec.blob_id(BlobType.DATA, blob)
         builder.add(BlobType.DATA, blob_id, codec.encode(BlobType.DATA, blob_id, blob), len(blob))
-    pack = bytes(builder.finish(Sealer(master.encryption_key)))
-    entries = parse_pack_header(pack, Sealer(master.encryption_key))
-    assert [entry.raw_length for entry in entries] == [len(blob) for blob in blobs]
-    for entry, blob in zip(entries, blobs, strict=True):
-        stored = pack[entry.offset : entry.offset + entry.length]
-        assert codec.decode(BlobType.DATA, entry.id, stored) == blob
+    pack = finished_pack(builder, master, codec, blobs)
     with pytest.raises(ValueError):
         parse_pack_header(flip(pack, len(pack) - 20), Sealer(master.encryption_key))
 
@@ -170,7 +170,5 @@ def test_pack_builder_grows_even_while_a_view_of_its_old_memory_lives(
     blob = os.urandom(3 << 20)
     blob_id = codec.blob_id(BlobType.DATA, blob)
     builder.add_payload(codec, BlobType.DATA, blob_id, codec.payload(blob), len(blob))
-    pack = bytes(builder.finish(Sealer(master.encryption_key)))
-    (entry,) = parse_pack_header(pack, Sealer(master.encryption_key))
-    assert codec.decode(BlobType.DATA, blob_id, pack[: entry.length]) == blob
+    finished_pack(builder, master, codec, [blob])
     stale.release()

@@ -33,7 +33,10 @@ class ClaimTable:
         self._limit = slots * 3 // 4  # beyond this, probing gets slow: stop claiming
         # An anonymous mapping is MAP_SHARED: forked children see each other's writes.
         self._memory = mmap.mmap(-1, _HEADER.size + slots * _KEY)
-        self._lock = multiprocessing.get_context("fork").Lock()
+        lock = multiprocessing.get_context("fork").Lock()
+        self._lock = lock  # keeps the semaphore alive
+        # Called directly: `with lock` adds two Python calls to every claim (one per new blob).
+        self._acquire, self._release = lock.acquire, lock.release
 
     def claim(self, blob_id: bytes) -> bool:
         """Record blob_id; True when this call is the first to claim it (or the table is full)."""
@@ -42,7 +45,8 @@ class ClaimTable:
             return True
         memory, mask = self._memory, self._mask
         slot = int.from_bytes(blob_id[_KEY : _KEY + 8], "little") & mask
-        with self._lock:
+        self._acquire()
+        try:
             while True:
                 start = _HEADER.size + slot * _KEY
                 current = memory[start : start + _KEY]
@@ -56,6 +60,8 @@ class ClaimTable:
                     _HEADER.pack_into(memory, 0, used + 1)
                     return True
                 slot = (slot + 1) & mask
+        finally:
+            self._release()
 
     def close(self) -> None:
         self._memory.close()

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 
 import blake3
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SALT_SIZE = 24
 TAG_SIZE = 16
 OVERHEAD = SALT_SIZE + TAG_SIZE
 _ZERO_NONCE = bytes(12)
+# From this size on, seal_into encrypts head and plaintext in two steps (see there): below
+# it, copying them together costs less than setting up the two steps.
+_STREAM_MIN = 256 * 1024
 
 
 class AuthenticationError(Exception):
@@ -59,19 +63,37 @@ class Sealer:
         subkey = blake3.blake3(salt, key=self._key).digest()
         return salt + AESGCM(subkey).encrypt(_ZERO_NONCE, plaintext, associated_data)
 
-    def seal_into(self, plaintext: bytes | memoryview, associated_data: bytes, out: memoryview) -> int:
-        """Write what seal() returns at the start of out (which must have room); returns its length.
+    def seal_into(
+        self, plaintext: bytes | memoryview, associated_data: bytes, out: memoryview, head: bytes = b""
+    ) -> int:
+        """Write what seal(head + plaintext) returns at the start of out (which must have room);
+        returns its length.
 
         Packs are built this way: no sealed blob is allocated and then copied into the pack
-        (4 ms per MiB blob that way, 2.5 ms this way).
+        (4 ms per MiB blob that way, 2.5 ms this way). A big plaintext is encrypted in two
+        steps, head then plaintext, so that it is not copied behind its head first (one
+        fresh MiB mapping, faulted in page by page, per chunk).
         """
         salt = os.urandom(SALT_SIZE)
         subkey = blake3.blake3(salt, key=self._key).digest()
-        size = SALT_SIZE + len(plaintext) + TAG_SIZE
+        size = SALT_SIZE + len(head) + len(plaintext) + TAG_SIZE
         if len(out) < size:
-            raise ValueError(f"no room to seal {len(plaintext)} bytes ({len(out)} < {size})")
+            raise ValueError(f"no room to seal {len(head) + len(plaintext)} bytes ({len(out)} < {size})")
         out[:SALT_SIZE] = salt
-        AESGCM(subkey).encrypt_into(_ZERO_NONCE, plaintext, associated_data, out[SALT_SIZE:size])
+        if len(plaintext) < _STREAM_MIN:
+            if head:
+                plaintext = head + plaintext
+            AESGCM(subkey).encrypt_into(_ZERO_NONCE, plaintext, associated_data, out[SALT_SIZE:size])
+            return size
+        # The same bytes as AESGCM's one-shot encryption: ciphertext, then the 16-byte tag.
+        encryptor = Cipher(algorithms.AES(subkey), modes.GCM(_ZERO_NONCE)).encryptor()
+        encryptor.authenticate_additional_data(associated_data)
+        position = SALT_SIZE
+        # update_into wants one block of room beyond its input: the tag's place provides it.
+        position += encryptor.update_into(head, out[position:size])
+        position += encryptor.update_into(plaintext, out[position:size])
+        encryptor.finalize()
+        out[position:size] = encryptor.tag
         return size
 
     def open(self, sealed: bytes | memoryview, associated_data: bytes) -> bytes:

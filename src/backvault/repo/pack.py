@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from backvault.repo.blob import BlobCodec, BlobType
+from backvault.repo.blob import BlobCodec, BlobType, Payload
 from backvault.repo.crypto import OVERHEAD, AuthenticationError, Sealer
 
 PACK_MAGIC = b"BVP1"
@@ -65,10 +65,10 @@ class PackBuilder:
         self.size += len(stored)
 
     def add_payload(
-        self, codec: BlobCodec, blob_type: BlobType, blob_id: bytes, payload: bytes, raw_length: int
+        self, codec: BlobCodec, blob_type: BlobType, blob_id: bytes, payload: Payload, raw_length: int
     ) -> int:
         """Seal a blob's payload (BlobCodec.payload) straight into the pack; returns its stored length."""
-        self._room(len(payload) + OVERHEAD)
+        self._room(len(payload[0]) + len(payload[1]) + OVERHEAD)
         with memoryview(self._data) as view:
             length = codec.seal_into(blob_type, blob_id, payload, view[self.size :])
         self.entries.append(PackEntry(blob_type, blob_id, self.size, length, raw_length))

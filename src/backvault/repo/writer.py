@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from backvault.repo.blob import BlobType
 from backvault.repo.chunker import make_chunker
@@ -164,8 +164,7 @@ class BackupWriter:
                 piece = view[chunk.offset : chunk.offset + chunk.length]
                 ids.append(self._save_blob(piece, BlobType.DATA, futures))
         finally:
-            for future in futures:
-                future.result()
+            _wait(futures)
         return ids, len(view)
 
     def save_stream(self, stream: BinaryIO) -> tuple[list[str], int]:
@@ -178,19 +177,50 @@ class BackupWriter:
             return ([self._save_blob(head, BlobType.DATA, None)] if head else []), len(head)
         return self._save_chunks(_StreamPrefixedReader(head, stream))
 
-    def _save_chunks(self, stream: object) -> tuple[list[str], int]:
+    def _save_chunks(self, stream: _Reader) -> tuple[list[str], int]:
+        """Chunk and store a stream too big to hold whole, read window by window.
+
+        Chunks are views of two alternating windows (each is refilled once the chunks cut
+        from it are encoded), not copies: a chunk copy per MiB was a fresh mapping, faulted in
+        page by page. A chunk is cut only with max_size bytes ahead of its start, or at the
+        end of the stream, as the stream chunker cuts it: the same chunks either way.
+        """
+        chunker = self._chunker()
+        max_size = self.repository.config.chunker.max_size
+        size = max_size + max(max_size // 2, 1)
+        windows = (bytearray(size), bytearray(size))
+        pending: tuple[list[Future[None]], list[Future[None]]] = ([], [])
         ids: list[str] = []
-        futures: list[Future[None]] = []
         total = 0
+        carried = memoryview(b"")  # the start of a chunk not cut yet, in the other window
+        current, ended = 0, False
         try:
-            for chunk in self._chunker().cut_stream(stream):
-                # the chunker reuses its buffer, so the bytes are copied before the next cut
-                ids.append(self._save_blob(bytes(chunk.data), BlobType.DATA, futures))
-                total += chunk.length
+            while True:
+                _wait(pending[current])
+                window = memoryview(windows[current])
+                filled = len(carried)
+                window[:filled] = carried
+                while filled < size and not ended:
+                    count = stream.readinto(window[filled:])
+                    ended = not count
+                    filled += count
+                data = window[:filled]
+                start = 0
+                for chunk in chunker.cut_buf(data):
+                    if not ended and filled - chunk.offset < max_size:
+                        break  # with more data ahead this cut may fall elsewhere
+                    start = chunk.offset + chunk.length
+                    ids.append(self._save_blob(data[chunk.offset : start], BlobType.DATA, pending[current]))
+                    total += chunk.length
+                if ended:
+                    return ids, total
+                carried = data[start:]
+                current ^= 1
         finally:
-            for future in futures:
-                future.result()
-        return ids, total
+            try:
+                _wait(pending[0])
+            finally:
+                _wait(pending[1])
 
     def save_chunk(self, data: bytes, pending: list[Future[None]] | None = None) -> str:
         """Store exactly one data chunk (deduplicated) and return its id; copies between repositories use it.
@@ -333,6 +363,23 @@ def write_index(
         repository.store.put_new(f"index/{index_id}", data)
     repository.index_ids.add(index_id)
     return index_id
+
+
+def _wait(futures: list[Future[None]]) -> None:
+    """Wait for every encode, forget them, then raise the first failure (if any)."""
+    failure: BaseException | None = None
+    for future in futures:
+        try:
+            future.result()
+        except BaseException as error:  # the others still use the caller's buffers
+            failure = failure or error
+    futures.clear()
+    if failure is not None:
+        raise failure
+
+
+class _Reader(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
 
 
 def _read_all(fd: int, size: int) -> bytes:

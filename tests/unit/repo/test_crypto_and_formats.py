@@ -46,17 +46,23 @@ def test_seal_round_trip_and_fresh_salt_each_time(master: MasterKey) -> None:
     assert sealer.open(first, b"ad") == b"secret"
 
 
-@pytest.mark.parametrize("size", [0, 2000, 9 * 1024 * 1024])
-def test_seal_into_writes_what_open_reads_and_nothing_past_it(master: MasterKey, size: int) -> None:
+@pytest.mark.parametrize("head", [b"", b"\x01"])
+@pytest.mark.parametrize("size", [0, 2000, 256 * 1024 - 1, 256 * 1024, 9 * 1024 * 1024])
+def test_seal_into_writes_what_open_reads_and_nothing_past_it(
+    master: MasterKey, size: int, head: bytes
+) -> None:
+    # From 256 KiB on, head and plaintext are encrypted in two steps: open must not tell.
     sealer = Sealer(master.encryption_key)
     plaintext = os.urandom(size)
-    out = bytearray(b"-" * (size + OVERHEAD + 5))
-    written = sealer.seal_into(plaintext, b"ad", memoryview(out)[2:])
-    assert written == size + OVERHEAD
+    out = bytearray(b"-" * (len(head) + size + OVERHEAD + 5))
+    written = sealer.seal_into(memoryview(plaintext), b"ad", memoryview(out)[2:], head)
+    assert written == len(head) + size + OVERHEAD
     assert out[:2] == b"--" and out[2 + written :] == b"---"
-    assert sealer.open(bytes(out[2 : 2 + written]), b"ad") == plaintext
+    assert sealer.open(bytes(out[2 : 2 + written]), b"ad") == head + plaintext
+    with pytest.raises(AuthenticationError):
+        sealer.open(bytes(out[2 : 2 + written]), b"other")
     with pytest.raises(ValueError, match="no room"):
-        sealer.seal_into(plaintext, b"ad", memoryview(out)[6:])
+        sealer.seal_into(plaintext, b"ad", memoryview(out)[6:], head)
 
 
 def test_pack_built_from_payloads_in_a_reused_buffer_reads_back(master: MasterKey, codec: BlobCodec) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from backvault.repo.blob import BlobType
+from backvault.repo.chunker import make_chunker
+from backvault.repo.config import ChunkerParams
 from backvault.repo.errors import RepositoryExistsError, SnapshotNotFoundError, WrongPasswordError
 from backvault.repo.prune import prune, read_deletion_marks
 from backvault.repo.repository import Repository
@@ -154,3 +158,52 @@ def test_an_early_unlock_is_used_once_and_never_hides_an_error(
 
     unlock_early(LocalStore(tmp_path / "elsewhere"), "pw")  # a guess that does not match
     assert Repository.open(store, "pw").master == created.master
+
+
+class _ShortReads(io.RawIOBase):
+    """A stream that answers each read with a few bytes less than asked (as pipes do)."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        self._data = memoryview(data)
+        self._random = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = min(len(self._data), self._random.randint(1, max(1, len(buffer))))
+        buffer[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+
+@pytest.mark.parametrize("size", [40_000, 64 * 1024, 300_000, 1_000_003])
+def test_streams_are_cut_in_windows_exactly_as_whole_buffers_are(tmp_path: Path, size: int) -> None:
+    """save_stream reads a window at a time; its chunks must be those of the whole stream."""
+    params = ChunkerParams(min_size=4096, avg_size=8192, max_size=32 * 1024, seed=7)
+    repository = Repository.init(LocalStore(tmp_path / "repo"), "pw", chunker=params, pack_size=64 * 1024)
+    # Runs of one byte give the chunker stretches without any cut point (max_size cuts).
+    rng = random.Random(size)
+    data = b"".join(
+        bytes([rng.randrange(256)]) * rng.randrange(1, 50_000)
+        if rng.random() < 0.2
+        else rng.randbytes(20_000)
+        for _ in range(size // 10_000 + 1)
+    )[:size]
+    expected = [
+        repository.codec.blob_id(BlobType.DATA, data[chunk.offset : chunk.offset + chunk.length]).hex()
+        for chunk in make_chunker(params).cut_buf(data)
+    ]
+    with repository.writer() as writer:
+        ids, stored = writer.save_stream(_ShortReads(data, seed=size))  # type: ignore[arg-type]
+        snapshot = writer.commit(
+            Snapshot(
+                tree=writer.save_tree(Tree([Node(b"f", "file", size=stored, content=ids)])),
+                paths=["/src"],
+                hostname="h",
+                username="u",
+                time=datetime.now(UTC),
+            )
+        )
+    assert (ids, stored) == (expected, size)
+    assert read_back(repository, snapshot) == {b"f": data}

@@ -143,8 +143,10 @@ def _serve(
     other_end.close()
     _die_with_parent(prctl, parent)
     # What came from the backup process is never garbage here: keep the collector off it
-    # (scanning it also copied every page it touched).
+    # (scanning it also copied every page it touched). Nor is what the walk makes (nodes,
+    # trees, chunk ids: no reference cycles), so the collector stays off in this process.
     gc.freeze()
+    gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the backup process's to handle
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="backup")
     walker = make_walker(pool)

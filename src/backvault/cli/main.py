@@ -109,15 +109,16 @@ def _run_then_exit(app: typer.Typer) -> None:
 
     Freeing a big backup's or restore's objects one by one, and the modules, took 0.1-0.2 s
     after the work was done. Exit handlers still run and output is flushed first; while a
-    thread other than this one is alive, or when the exit status is a message, the process
-    exits the usual way.
+    thread other than this one is alive, when the exit status is a message, or under a
+    profiler or tracer (which write their results at the end), the process exits the usual way.
     """
     try:
         app()
         status: object = 0
     except SystemExit as stop:
         status = 0 if stop.code is None else stop.code
-    if not isinstance(status, int) or threading.active_count() > 1:
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if not isinstance(status, int) or threading.active_count() > 1 or watched:
         raise SystemExit(status)
     atexit._run_exitfuncs()
     try:

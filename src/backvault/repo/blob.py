@@ -39,6 +39,9 @@ class BlobType(enum.IntEnum):
     TREE = 1
 
 
+_DATA = BlobType.DATA
+
+
 class BlobCodec:
     """Turns plaintext into stored bytes and back; safe to share between threads."""
 
@@ -52,16 +55,17 @@ class BlobCodec:
 
     def blob_id(self, blob_type: BlobType, plaintext: bytes | memoryview) -> bytes:
         """Keyed BLAKE3 of the plaintext: the blob's 32-byte id (trees use a separate key)."""
-        key = self._id_key if blob_type == BlobType.DATA else self._tree_key
+        key = self._id_key if blob_type == _DATA else self._tree_key
         return blake3.blake3(plaintext, key=key).digest()
 
-    def _compressor(self, size: int) -> zstandard.ZstdCompressor:
+    def _compressors(self) -> tuple[zstandard.ZstdCompressor, ...]:
+        """This thread's compressors, one per input size class (see _SMALL_INPUT)."""
         compressors: tuple[zstandard.ZstdCompressor, ...] | None = getattr(self._local, "compressors", None)
         if compressors is None:
             compressors = tuple(zstandard.ZstdCompressor(level=self._level) for _ in range(3))
             self._local.compressors = compressors
             self._local.probe = zstandard.ZstdCompressor(level=1)
-        return compressors[0 if size <= _SMALL_INPUT else 1 if size <= _BIG_INPUT else 2]
+        return compressors
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
         # Creating one costs ~13 us, ten times the decompression of a small tree or file.
@@ -72,19 +76,20 @@ class BlobCodec:
         return decompressor
 
     def _compressible(self, plaintext: bytes | memoryview) -> bool:
-        """Cheap test on a sample so that media files are not compressed in vain."""
-        if len(plaintext) <= 4 * _SAMPLE:
-            return True
-        self._compressor(0)
+        """Cheap test on a sample (of big inputs) so that media files are not compressed in vain."""
+        self._compressors()
         middle = len(plaintext) // 2
         sample = plaintext[middle : middle + _SAMPLE]
         return len(self._local.probe.compress(sample)) < _INCOMPRESSIBLE_RATIO * len(sample)
 
     def payload(self, plaintext: bytes | memoryview) -> Payload:
         """What gets sealed: the flag byte, then the plaintext compressed (when it pays) or not."""
-        if len(plaintext) > 64 and self._compressible(plaintext):
-            compressed = self._compressor(len(plaintext)).compress(plaintext)
-            if len(compressed) < len(plaintext):
+        size = len(plaintext)
+        if size > 64 and (size <= 4 * _SAMPLE or self._compressible(plaintext)):
+            compressors = self._compressors()
+            compressor = compressors[0 if size <= _SMALL_INPUT else 1 if size <= _BIG_INPUT else 2]
+            compressed = compressor.compress(plaintext)
+            if len(compressed) < size:
                 return _ZSTD_HEAD, compressed
         return _RAW_HEAD, plaintext
 

@@ -68,7 +68,9 @@ class PackBuilder:
         self, codec: BlobCodec, blob_type: BlobType, blob_id: bytes, payload: Payload, raw_length: int
     ) -> int:
         """Seal a blob's payload (BlobCodec.payload) straight into the pack; returns its stored length."""
-        self._room(len(payload[0]) + len(payload[1]) + OVERHEAD)
+        head, body = payload
+        if self.size + len(head) + len(body) + OVERHEAD > len(self._data):
+            self._room(len(head) + len(body) + OVERHEAD)
         with memoryview(self._data) as view:
             length = codec.seal_into(blob_type, blob_id, payload, view[self.size :])
         self.entries.append(PackEntry(blob_type, blob_id, self.size, length, raw_length))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from backvault.repo.repository import Repository
     from backvault.repo.snapshot import Snapshot
 
+_DATA = BlobType.DATA
 # Files up to this size are read whole into one buffer and cut there (2x the largest chunk).
 WHOLE_FILE_MAX = 16 * 1024 * 1024
 # Each thread keeps a buffer for whole files up to this size (bigger ones cost more memory
@@ -87,6 +88,10 @@ class BackupWriter:
         self._local = threading.local()
         self._lock: RepositoryLock | None = None
         self._committed = False
+        # Read once: these are looked up for every blob.
+        self._codec = repository.codec
+        self._min_size = repository.config.chunker.min_size
+        self._pack_size = repository.config.pack_size
 
     # --- context -------------------------------------------------------------------------
 
@@ -127,10 +132,10 @@ class BackupWriter:
         """Store the content readable from an open file descriptor (size: from the caller's fstat)."""
         if size is None:
             size = os.fstat(fd).st_size
-        if size < self.repository.config.chunker.min_size:
+        if size < self._min_size:
             data = _read_all(fd, size)
-            if len(data) < self.repository.config.chunker.min_size:
-                return ([self._save_blob(data, BlobType.DATA, None)] if data else []), len(data)
+            if len(data) < self._min_size:
+                return ([self._save_blob(data, _DATA, None)] if data else []), len(data)
             # the file grew while we read it: fall back to chunking what we already have + the rest
             return self._save_chunks(_PrefixedReader(data, fd))
         if size <= WHOLE_FILE_MAX:
@@ -257,10 +262,16 @@ class BackupWriter:
         self, data: bytes | memoryview, blob_type: BlobType, futures: list[Future[None]] | None
     ) -> str:
         """Deduplicate one blob; encode it now (futures is None) or in the pool."""
-        blob_id = self.repository.codec.blob_id(blob_type, data)
+        blob_id = self._codec.blob_id(blob_type, data)
         with self._mutex:
-            self.stats.bytes_read += len(data) if blob_type == BlobType.DATA else 0
-            if self._known(blob_id) or (self.claims is not None and not self.claims.claim(blob_id)):
+            if blob_type == _DATA:
+                self.stats.bytes_read += len(data)
+            if (
+                blob_id in self._pending
+                or blob_id in self._vouched
+                or self.repository.index.has_live(blob_id)  # as _known(), inlined: once per blob
+                or (self.claims is not None and not self.claims.claim(blob_id))
+            ):
                 self.stats.chunks_reused += 1
                 return blob_id.hex()
             self._pending.add(blob_id)
@@ -274,15 +285,17 @@ class BackupWriter:
         return blob_id.hex()
 
     def _encode_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
-        codec = self.repository.codec
+        codec = self._codec
         payload = codec.payload(data)  # compression runs in parallel; sealing appends to the pack
         full: PackBuilder | None = None
         with self._mutex:
-            stored = self._builder.add_payload(codec, blob_type, blob_id, payload, len(data))
-            self.stats.chunks_new += 1
-            self.stats.bytes_new += len(data)
-            self.stats.bytes_stored += stored
-            if self._builder.size >= self.repository.config.pack_size:
+            builder = self._builder
+            stored = builder.add_payload(codec, blob_type, blob_id, payload, len(data))
+            stats = self.stats
+            stats.chunks_new += 1
+            stats.bytes_new += len(data)
+            stats.bytes_stored += stored
+            if builder.size >= self._pack_size:
                 full, self._builder = self._builder, self._new_builder()
         if full is not None:
             # Uploaded by the thread that filled it: an upload thread gained no measurable time

@@ -86,22 +86,24 @@ class NameCache:
 
 def node_from_stat(name: bytes, kind: NodeType, st: os.stat_result, names: NameCache) -> Node:
     """Build the node for an entry from its lstat result (content and subtree left empty)."""
+    # Positional, in Node's field order: one call per entry of the tree, keywords cost more.
+    uid, gid, mtime_ns = st.st_uid, st.st_gid, st.st_mtime_ns
     return Node(
-        name=name,
-        type=kind,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        user=names.user(st.st_uid),
-        group=names.group(st.st_gid),
-        mtime_ns=st.st_mtime_ns,
-        atime_ns=names.atime_ns(st),
-        ctime_ns=st.st_ctime_ns,
-        inode=st.st_ino,
-        device_id=st.st_dev,
-        links=st.st_nlink,
+        name,
+        kind,
+        st.st_mode & 0o7777,  # stat.S_IMODE
+        uid,
+        gid,
+        names.user(uid),
+        names.group(gid),
+        mtime_ns,
+        st.st_atime_ns if names.record_atime else mtime_ns,  # see NameCache.atime_ns
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_dev,
+        st.st_nlink,
         # A directory's st_size is an allocation detail that changes with every entry.
-        size=st.st_size if kind == "file" else 0,
+        st.st_size if kind == "file" else 0,
         rdev=st.st_rdev if kind in ("chardev", "blockdev") else 0,
     )
 

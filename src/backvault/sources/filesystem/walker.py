@@ -394,14 +394,17 @@ class Walker:
         except OSError as error:
             self.error(path, describe(error))
             return None
-        excludes = self.excludes
-        full_paths = excludes.needs_paths
+        excludes = self.excludes if self.excludes else None  # asked once, not once per entry
+        full_paths = self.excludes.needs_paths
         root_length = len(self.root)
         entries: list[_Entry] = []
         lstat, types = os.lstat, NODE_TYPES  # locals: this loop runs once per entry of the tree
+        prefix = path + b"/"
         for name in names:
-            child = path + b"/" + name
-            if excludes and excludes.excluded(name, child, child[root_length:] if full_paths else b""):
+            child = prefix + name
+            if excludes is not None and excludes.excluded(
+                name, child, child[root_length:] if full_paths else b""
+            ):
                 continue
             try:
                 st = lstat(name, dir_fd=fd)

@@ -34,12 +34,6 @@ class BackupError(Exception):
     """The backup cannot start (for example a given path does not exist)."""
 
 
-# Directories planned per worker process. The last units decide when the backup ends: with 8
-# per process, the 1 GiB benchmark set's last units took ~0.6 s each and one core sat idle
-# for ~0.25 s at the end; with 32 (about 100 units there), ~0.04 s.
-UNITS_PER_PROCESS = 32
-
-
 def root_names(paths: Sequence[str]) -> list[bytes]:
     """Name each backed-up path by its basename, adding -1, -2... to repeats (like restic)."""
     seen: set[bytes] = set()
@@ -191,7 +185,7 @@ def _start_workers(
             old_trees[directory.old_subtree] = children
         return children.get(name)
 
-    units = plan_units(walker, roots, processes * UNITS_PER_PROCESS, old_child)
+    units = plan_units(walker, roots, processes * 8, old_child)
     if len(units) < 2:
         return None
     walker.writer.claims = ClaimTable()

@@ -266,12 +266,7 @@ class BackupWriter:
         with self._mutex:
             if blob_type == _DATA:
                 self.stats.bytes_read += len(data)
-            if (
-                blob_id in self._pending
-                or blob_id in self._vouched
-                or self.repository.index.has_live(blob_id)  # as _known(), inlined: once per blob
-                or (self.claims is not None and not self.claims.claim(blob_id))
-            ):
+            if self._known(blob_id) or (self.claims is not None and not self.claims.claim(blob_id)):
                 self.stats.chunks_reused += 1
                 return blob_id.hex()
             self._pending.add(blob_id)

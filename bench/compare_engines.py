@@ -5,9 +5,17 @@ backup, `gen_dataset.py mutate` then an incremental backup, full restore of the
 latest snapshot (verified against the source, outside the timing), repository
 size on disk, and the peak RSS of every backup/restore process.
 
+Every step runs in several rounds (--rounds, default 3), each round with its own
+repositories and caches, and the tools take turns going first: on a shared VM the
+speed of the machine drifts by a third within minutes, and whoever runs first after a
+pause pays for memory the host took back (docs/benchmarks.md, "Noise"). The table
+shows each tool's median over the rounds; every single measurement is printed below it
+and written to the JSON file.
+
 Usage:
   .venv/bin/python bench/compare_engines.py [--size-mb 1024] [--tools backvault,restic,borg]
-                                            [--workdir bench/work] [--json results.json]
+                                            [--rounds 3] [--workdir bench/work]
+                                            [--json results.json]
 
 The page cache is NOT dropped (that needs privileges): the data set has just been
 written and fits in RAM, so every tool reads it warm, in the same step order.
@@ -22,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -72,9 +81,10 @@ class ToolResult:
     """Everything measured for one tool."""
 
     version: str
-    steps: dict[str, Measurement] = field(default_factory=dict)
-    repo_bytes: dict[str, int] = field(default_factory=dict)
-    cache_bytes: dict[str, int] = field(default_factory=dict)  # the tool's local cache, not in repo_bytes
+    # One entry per round, in round order.
+    steps: dict[str, list[Measurement]] = field(default_factory=dict)
+    repo_bytes: dict[str, list[int]] = field(default_factory=dict)
+    cache_bytes: dict[str, list[int]] = field(default_factory=dict)  # the local cache, not in repo_bytes
     restore_verified: bool | None = None
     failure: str | None = None
 
@@ -378,24 +388,36 @@ class Bench:
     """One benchmark run: the data set, the engines and their results."""
 
     def __init__(
-        self, workdir: Path, size_mb: int, tools: Sequence[str], *, keep_files: bool = False
+        self,
+        workdir: Path,
+        size_mb: int,
+        tools: Sequence[str],
+        *,
+        rounds: int = 3,
+        keep_files: bool = False,
     ) -> None:
         self.workdir = workdir
         self.size_mb = size_mb
         self.keep_files = keep_files
         self.source = workdir / "data"
         self.logs = workdir / "logs"
-        self.engines = [ENGINES[name](workdir) for name in tools]
-        self.results = {engine.name: ToolResult(version=engine.version()) for engine in self.engines}
+        # Each round has its own engines (repositories and caches), and its own order: the
+        # tools take turns going first.
+        self.rounds = [
+            _rotated([ENGINES[name](workdir / "rounds" / str(number)) for name in tools], number)
+            for number in range(rounds)
+        ]
+        self.results = {engine.name: ToolResult(version=engine.version()) for engine in self.rounds[0]}
         self.dataset: dict[str, float | int | str] = {}
         self.source_before = source_fingerprint()
 
     def prepare(self) -> None:
         """Start from an empty workdir (repositories, caches, restores and logs of older runs)."""
-        for name in ("data", "repos", "cache", "restore", "logs"):
+        for name in ("data", "repos", "rounds", "cache", "restore", "logs"):
             shutil.rmtree(self.workdir / name, ignore_errors=True)
         self.logs.mkdir(parents=True)
-        (self.workdir / "repos").mkdir()
+        for engines in self.rounds:
+            engines[0].repo.parent.mkdir(parents=True)
         compile_backvault()
 
     def generate(self, action: str, *extra: str) -> float:
@@ -410,7 +432,7 @@ class Bench:
         if result.failure is not None:
             return False
         measurement = run_measured(command, engine.environment(), self.logs / f"{engine.name}.log")
-        result.steps[step] = measurement
+        result.steps.setdefault(step, []).append(measurement)
         if measurement.returncode != 0:
             result.failure = (
                 f"{step} exited with {measurement.returncode} (see {self.logs / engine.name}.log)"
@@ -424,30 +446,39 @@ class Bench:
         )
         return True
 
-    def backup_all(self, step: str, number: int) -> None:
-        """One backup of the source with every tool, in the same order."""
-        print(f"{step}:")
-        for engine in self.engines:
+    def backup_all(self, step: str, number: int, engines: list[Engine]) -> None:
+        """One backup of the source with each of one round's tools, in the round's order."""
+        for engine in engines:
             self.step(engine, step, engine.backup(self.source, number))
 
-    def record_sizes(self, label: str) -> None:
-        """Repository size on disk of every tool still running."""
-        for engine in self.engines:
-            if self.results[engine.name].failure is None:
-                self.results[engine.name].repo_bytes[label] = disk_usage(engine.repo)
-                self.results[engine.name].cache_bytes[label] = disk_usage(engine.cache)
+    def record_sizes(self, label: str, engines: list[Engine]) -> None:
+        """Repository size on disk of one round's tools still running."""
+        for engine in engines:
+            result = self.results[engine.name]
+            if result.failure is None:
+                result.repo_bytes.setdefault(label, []).append(disk_usage(engine.repo))
+                result.cache_bytes.setdefault(label, []).append(disk_usage(engine.cache))
 
     def restore_all(self) -> None:
-        """Restore the latest snapshot of every tool into an empty directory, then verify it."""
+        """Restore the latest snapshot of every tool and round into an empty directory, then verify it.
+
+        The restored trees stay until the end of the run: deleting ~60k files makes the next
+        restores create theirs slower (see remove_files).
+        """
         print(f"{STEP_RESTORE}:")
         expected = tree_manifest(self.source)
         self.probe_filesystem("before_restore")
         self.dataset["digest"] = manifest_digest(expected)
-        for engine in self.engines:
-            target = self.workdir / "restore" / engine.name
-            target.mkdir(parents=True)
-            if self.step(engine, STEP_RESTORE, engine.restore(target)):
-                self.verify(engine, expected, engine.restored_root(target, self.source))
+        for number, engines in enumerate(self.rounds):
+            for engine in engines:
+                self.restore_one(engine, number, expected)
+
+    def restore_one(self, engine: Engine, number: int, expected: dict[str, str]) -> None:
+        """Restore one round's repository of one tool, then verify it."""
+        target = self.workdir / "restore" / f"{engine.name}-{number}"
+        target.mkdir(parents=True)
+        if self.step(engine, STEP_RESTORE, engine.restore(target)):
+            self.verify(engine, expected, engine.restored_root(target, self.source))
 
     def verify(self, engine: Engine, expected: dict[str, str], restored: Path) -> None:
         """Compare the restored tree with the source (file list and contents); not timed."""
@@ -457,7 +488,7 @@ class Bench:
             if restored.is_dir()
             else [f"restored tree not found at {restored}"]
         )
-        result.restore_verified = not problems
+        result.restore_verified = not problems and result.restore_verified is not False
         if problems:
             result.failure = f"restore differs from the source ({len(problems)} problems)"
             print(
@@ -482,17 +513,20 @@ class Bench:
         self.probe_filesystem("at_start")
         self.dataset["generate_seconds"] = self.generate("create", "--size-mb", str(self.size_mb))
         self.describe_dataset("created")
-        print(f"{STEP_INIT}:")
-        for engine in self.engines:
-            self.step(engine, STEP_INIT, engine.init())
-        self.backup_all(STEP_FIRST, 1)
-        self.record_sizes("after first backup")
-        self.backup_all(STEP_NO_CHANGE, 2)
+        for number, engines in enumerate(self.rounds):
+            print(f"round {number + 1}: {STEP_INIT}, {STEP_FIRST}, {STEP_NO_CHANGE}")
+            for engine in engines:
+                self.step(engine, STEP_INIT, engine.init())
+            self.backup_all(STEP_FIRST, 1, engines)
+            self.record_sizes("after first backup", engines)
+            self.backup_all(STEP_NO_CHANGE, 2, engines)
         print("mutating the data set ...")
         self.dataset["mutate_seconds"] = self.generate("mutate")
         self.describe_dataset("mutated")
-        self.backup_all(STEP_INCREMENTAL, 3)
-        self.record_sizes("final")
+        for number, engines in enumerate(self.rounds):
+            print(f"round {number + 1}: {STEP_INCREMENTAL}")
+            self.backup_all(STEP_INCREMENTAL, 3, engines)
+            self.record_sizes("final", engines)
         self.restore_all()
         if not self.keep_files:
             self.remove_files()
@@ -535,32 +569,55 @@ class Row:
 
 
 def _seconds(step: str, cpu: bool = False) -> Callable[[ToolResult], float | None]:
+    """The median over the rounds; None unless every round's step succeeded."""
+
     def read(result: ToolResult) -> float | None:
-        measurement = result.steps.get(step)
-        if measurement is None or measurement.returncode != 0:
+        measurements = result.steps.get(step, [])
+        if result.failure is not None or not measurements:
             return None
-        return measurement.cpu_seconds if cpu else measurement.seconds
+        return statistics.median(m.cpu_seconds if cpu else m.seconds for m in measurements)
 
     return read
 
 
 def _rss(steps: Iterable[str]) -> Callable[[ToolResult], float | None]:
+    """The peak over the given steps of every round (a peak is a maximum, not a median)."""
     chosen = tuple(steps)
 
     def read(result: ToolResult) -> float | None:
-        values = [result.steps[step].max_rss_bytes / MIB for step in chosen if step in result.steps]
-        # A peak over several steps only means something if all of them ran.
-        return max(values) if len(values) == len(chosen) else None
+        if result.failure is not None or not all(result.steps.get(step) for step in chosen):
+            return None  # a peak over several steps only means something if all of them ran
+        return max(m.max_rss_bytes for step in chosen for m in result.steps[step]) / MIB
 
     return read
 
 
 def _size(label: str, cache: bool = False) -> Callable[[ToolResult], float | None]:
+    """The median over the rounds (chunk boundaries depend on each repository's random seed)."""
+
     def read(result: ToolResult) -> float | None:
-        size = (result.cache_bytes if cache else result.repo_bytes).get(label)
-        return None if size is None else size / MIB
+        sizes = (result.cache_bytes if cache else result.repo_bytes).get(label)
+        return statistics.median(sizes) / MIB if sizes else None
 
     return read
+
+
+def _rotated(engines: list[Engine], number: int) -> list[Engine]:
+    """The engines in the order round `number` runs them: each round the next tool goes first."""
+    shift = number % len(engines)
+    return engines[shift:] + engines[:shift]
+
+
+def every_round(results: dict[str, ToolResult]) -> str:
+    """Each timed step's seconds per round and tool, in the order they ran within the round."""
+    lines = []
+    for step in TIMED_STEPS:
+        cells = []
+        for name, result in results.items():
+            values = " ".join(f"{m.seconds:.2f}" for m in result.steps.get(step, []))
+            cells.append(f"{name} {values or '-'}")
+        lines.append(f"  {step:20s} " + " | ".join(cells))
+    return "\n".join(lines)
 
 
 # Targets from the issue: backvault divided by restic must not exceed these.
@@ -658,6 +715,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of " + ",".join(ALL_TOOLS)
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times each step runs, tools taking turns first (default 3)"
+    )
     parser.add_argument("--json", type=Path, help="write the raw numbers to this file")
     parser.add_argument(
         "--keep-files", action="store_true", help="keep the data set and the restored trees at the end"
@@ -674,6 +734,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"not installed: {', '.join(missing)} (run `make system-deps`)")
     if arguments.size_mb < 1:
         parser.error("--size-mb must be at least 1")
+    if arguments.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return arguments
 
 
@@ -681,7 +743,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, optionally write JSON; non-zero exit if a tool failed."""
     arguments = parse_arguments(argv)
     bench = Bench(
-        arguments.workdir.resolve(), arguments.size_mb, arguments.tools, keep_files=arguments.keep_files
+        arguments.workdir.resolve(),
+        arguments.size_mb,
+        arguments.tools,
+        rounds=arguments.rounds,
+        keep_files=arguments.keep_files,
     )
     started = time.perf_counter()
     bench.run()
@@ -689,7 +755,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source_after = source_fingerprint()
     print()
     print(format_table(rows))
-    print("\nwarm page cache (not dropped); tools run one after another in the same order per step")
+    print(f"\nmedians of {arguments.rounds} rounds; seconds of each round, in round order:")
+    print(every_round(bench.results))
+    print("warm page cache (not dropped); in round n, the n-th tool went first")
     for name, result in bench.results.items():
         print(f"  {name}: {result.version}" + (f"  FAILED: {result.failure}" if result.failure else ""))
     print(f"  backvault source: {bench.source_before}")
@@ -702,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.json is not None:
         report = {
             "size_mb": arguments.size_mb,
+            "rounds": arguments.rounds,
             "workdir": str(bench.workdir),
             "machine": machine(),
             "dataset": bench.dataset,

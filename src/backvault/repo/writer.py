@@ -3,7 +3,8 @@
 Write order is packs -> index -> snapshot, so a crash at any moment leaves only
 unreferenced packs or index entries, never a snapshot pointing at missing data.
 An index object is written after every pack, so an interrupted backup's uploads are
-reused by the next one.
+reused by the next one. A full pack is stored (written, made durable, indexed) on a thread
+of its own while the next one fills; the snapshot waits for every pack.
 """
 
 from __future__ import annotations
@@ -81,9 +82,18 @@ class BackupWriter:
         self._vouched: set[bytes] = set()
         # Shared with the other processes of a backup that walks in several (see claims.py).
         self.claims: ClaimTable | None = None
-        self._builder = PackBuilder()
+        # None while a thread waits for a pack buffer to start the next pack (see _next_builder).
+        self._builder: PackBuilder | None = PackBuilder()
         self._spare_buffers: list[bytearray] = []  # of packs already stored (see PackBuilder)
+        self._buffers = 1  # pack buffers in use or spare
+        self._buffer_returned = threading.Condition(self._mutex)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
+        # Storing a pack copies it into the page cache and waits for the disk (fsync): 60-200 ms
+        # per pack that the thread which filled it would otherwise spend blocked. One pack is
+        # stored while the next one fills; see _next_builder for the memory this may take.
+        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._store_turn = threading.Lock()
+        self._storing: Future[None] | None = None
         self._slots = threading.BoundedSemaphore(max(1, threads) * 2)
         self._local = threading.local()
         self._lock: RepositoryLock | None = None
@@ -108,6 +118,7 @@ class BackupWriter:
                 self.flush()  # keep what was uploaded reusable even without a snapshot
         finally:
             self._pool.shutdown(wait=True)
+            self._store_pool.shutdown(wait=True)
             if self._lock is not None:
                 self._lock.release()
 
@@ -284,6 +295,8 @@ class BackupWriter:
         payload = codec.payload(data)  # compression runs in parallel; sealing appends to the pack
         full: PackBuilder | None = None
         with self._mutex:
+            while self._builder is None:
+                self._buffer_returned.wait()
             builder = self._builder
             stored = builder.add_payload(codec, blob_type, blob_id, payload, len(data))
             stats = self.stats
@@ -291,22 +304,51 @@ class BackupWriter:
             stats.bytes_new += len(data)
             stats.bytes_stored += stored
             if builder.size >= self._pack_size:
-                full, self._builder = self._builder, self._new_builder()
+                full = builder
+                self._builder = self._next_builder()
         if full is not None:
-            # Uploaded by the thread that filled it: an upload thread gained no measurable time
-            # and held a third pack in memory (docs/benchmarks.md).
-            self._upload(full)
+            self._store_in_background(full)
 
-    def _new_builder(self) -> PackBuilder:
-        """A builder for the next pack, in the memory of one already stored (call with the mutex held)."""
-        return PackBuilder(self._spare_buffers.pop() if self._spare_buffers else None)
+    def _next_builder(self) -> PackBuilder:
+        """A builder for the next pack, in the memory of one already stored (call with the mutex held).
+
+        At most two pack buffers exist: one filling and one being stored. When both are taken,
+        this waits (without the mutex) until the store thread gives one back, and meanwhile no
+        blob is added anywhere: a third buffer would cost 16 MiB more RSS per process.
+        """
+        self._builder = None
+        while not self._spare_buffers and self._buffers >= 2:
+            self._buffer_returned.wait()
+        if self._spare_buffers:
+            builder = PackBuilder(self._spare_buffers.pop())
+        else:
+            self._buffers += 1
+            builder = PackBuilder()
+        self._buffer_returned.notify_all()  # to the threads waiting to add their blob
+        return builder
+
+    def _store_in_background(self, builder: PackBuilder) -> None:
+        """Hand a full pack to the store thread, once the pack before it is stored."""
+        with self._store_turn:
+            self._wait_stored()
+            self._storing = self._store_pool.submit(self._upload, builder)
+
+    def _wait_stored(self) -> None:
+        """Wait until the pack handed to the store thread is stored; raise what failed there."""
+        storing, self._storing = self._storing, None
+        if storing is not None:
+            storing.result()
 
     def _upload(self, builder: PackBuilder) -> None:
         """Write one pack, then the index object that makes its blobs known."""
         repository = self.repository
-        pack_id = store_pack(repository, builder)
+        try:
+            pack_id = store_pack(repository, builder)
+        finally:  # even when the store failed: a thread may be waiting for a buffer
+            with self._mutex:
+                self._spare_buffers.append(builder.buffer)
+                self._buffer_returned.notify_all()
         with self._mutex:
-            self._spare_buffers.append(builder.buffer)
             if repository.index_loaded:  # else the next load reads the index object just written
                 repository.index.add_pack(pack_id, builder.entries)
             self._pending.difference_update(entry.id for entry in builder.entries)
@@ -315,9 +357,14 @@ class BackupWriter:
     # --- finishing -----------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Upload the partly filled pack and its index."""
+        """Store the partly filled pack and its index, and wait until every pack is stored."""
         with self._mutex:
-            builder, self._builder = self._builder, self._new_builder()
+            while self._builder is None:
+                self._buffer_returned.wait()
+            builder = self._builder
+            self._builder = self._next_builder()
+        with self._store_turn:
+            self._wait_stored()
         if builder.entries:
             self._upload(builder)
 

@@ -362,7 +362,8 @@ class BackupWriter:
             while self._builder is None:
                 self._buffer_returned.wait()
             builder = self._builder
-            self._builder = self._next_builder()
+            if builder.entries:  # an empty one stays: a builder set aside keeps its buffer counted
+                self._builder = self._next_builder()
         with self._store_turn:
             self._wait_stored()
         if builder.entries:

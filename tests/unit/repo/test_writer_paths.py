@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,37 @@ def test_a_small_file_is_read_to_its_end_whatever_size_fstat_gave(
             os.close(fd)
     assert read == len(data)
     assert b"".join(repository.read_blob(bytes.fromhex(chunk_id)) for chunk_id in ids) == data
+
+
+def test_packs_are_stored_in_at_most_two_buffers_across_repeated_flushes(
+    tmp_path: Path, repository: Repository
+) -> None:
+    # Flushing with nothing to store must not set a buffer aside: a writer that did waited
+    # forever for a third buffer on its next full pack.
+    chunks = [os.urandom(300_000) for _ in range(24)]  # incompressible: ~7 packs of 1 MiB
+    stored: list[str] = []
+    failures: list[BaseException] = []
+
+    def back_up() -> None:
+        try:
+            with repository.writer() as writer:
+                writer.flush()
+                writer.flush()
+                pending: list[Future[None]] = []
+                for number, chunk in enumerate(chunks):
+                    stored.append(writer.save_chunk(chunk, pending if number % 2 else None))
+                    if number % 8 == 0:
+                        writer_module._wait(pending)
+                        writer.flush()
+                writer_module._wait(pending)
+                writer.flush()
+                assert writer._buffers <= 2  # one pack filling and one being stored, never more
+        except BaseException as error:
+            failures.append(error)
+
+    worker = threading.Thread(target=back_up, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the writer hung waiting for a pack buffer"
+    assert not failures
+    assert [repository.read_blob(bytes.fromhex(chunk_id)) for chunk_id in stored] == chunks

@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 _DATA = BlobType.DATA
 # Files up to this size are read whole into one buffer and cut there (2x the largest chunk).
 WHOLE_FILE_MAX = 16 * 1024 * 1024
-# Each thread keeps a buffer for whole files up to this size (bigger ones cost more memory
-# per thread than their page faults cost time).
-KEPT_FILE_BUFFER = 4 * 1024 * 1024
 # O_NOATIME keeps backups from touching access times; only the owner or root may use it
 _OPEN_FLAGS = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0)
 
@@ -160,11 +157,14 @@ class BackupWriter:
         return self._save_chunks(_FdReader(fd))
 
     def _file_buffer(self, size: int) -> memoryview:
-        """A buffer for a whole file: this thread's own up to KEPT_FILE_BUFFER bytes, kept so
-        that reading each file does not map, zero and fault in new memory. Free for reuse
-        once _save_buffer returns."""
-        if size > KEPT_FILE_BUFFER:
-            return memoryview(bytearray(size))
+        """A buffer for a whole file (at most WHOLE_FILE_MAX + 1 bytes): this thread's own, kept so
+        that reading each file does not map, zero and fault in new memory. Free for reuse once
+        _save_buffer returns.
+
+        A fresh 16 MiB buffer per big file cost 60k of a first backup's ~154k page faults (~5 %
+        of its CPU); keeping it costs up to 16 MiB of RSS per reading thread, bought back by
+        storing packs in at most two pack buffers (docs/benchmarks.md).
+        """
         buffer: bytearray | None = getattr(self._local, "file_buffer", None)
         if buffer is None or len(buffer) < size:
             buffer = bytearray(size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 _DATA = BlobType.DATA
 # Files up to this size are read whole into one buffer and cut there (2x the largest chunk).
 WHOLE_FILE_MAX = 16 * 1024 * 1024
+# Each thread keeps a buffer for whole files up to this size; bigger files share one kept
+# buffer per writer (see _whole_file_buffer).
+THREAD_FILE_BUFFER = 4 * 1024 * 1024
 # O_NOATIME keeps backups from touching access times; only the owner or root may use it
 _OPEN_FLAGS = os.O_RDONLY | (getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0)
 
@@ -82,6 +85,7 @@ class BackupWriter:
         # None while a thread waits for a pack buffer to start the next pack (see _next_builder).
         self._builder: PackBuilder | None = PackBuilder()
         self._spare_buffers: list[bytearray] = []  # of packs already stored (see PackBuilder)
+        self._big_file_buffer: bytearray | None = None  # see _whole_file_buffer
         self._buffers = 1  # pack buffers in use or spare
         self._buffer_returned = threading.Condition(self._mutex)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="encode")
@@ -149,27 +153,40 @@ class BackupWriter:
         if size <= WHOLE_FILE_MAX:
             # The whole file in one buffer, cut in place: the stream chunker would allocate and
             # zero a 16 MiB buffer per file and copy every chunk out of it.
-            view = self._file_buffer(size + 1)  # one byte more tells a file that grew while being read
-            filled = _read_into_all(fd, view)
-            if filled <= size:
-                return self._save_buffer(view[:filled])
-            return self._save_chunks(_PrefixedReader(bytes(view), fd))
+            with self._whole_file_buffer(size + 1) as view:  # one byte more tells a file that grew
+                filled = _read_into_all(fd, view)
+                if filled <= size:
+                    return self._save_buffer(view[:filled])
+                prefix = bytes(view)
+            return self._save_chunks(_PrefixedReader(prefix, fd))
         return self._save_chunks(_FdReader(fd))
 
-    def _file_buffer(self, size: int) -> memoryview:
-        """A buffer for a whole file (at most WHOLE_FILE_MAX + 1 bytes): this thread's own, kept so
-        that reading each file does not map, zero and fault in new memory. Free for reuse once
-        _save_buffer returns.
+    @contextlib.contextmanager
+    def _whole_file_buffer(self, size: int) -> Iterator[memoryview]:
+        """A buffer for a whole file, kept so that reading each file does not map, zero and
+        fault in new memory: this thread's own up to THREAD_FILE_BUFFER bytes, else the
+        writer's one big buffer when no other thread has it.
 
-        A fresh 16 MiB buffer per big file cost 60k of a first backup's ~154k page faults (~5 %
-        of its CPU); keeping it costs up to 16 MiB of RSS per reading thread, bought back by
-        storing packs in at most two pack buffers (docs/benchmarks.md).
+        A fresh 16 MiB buffer per big file cost 60k of a first backup's ~154k page faults;
+        one kept per thread instead would cost 16 MiB of RSS per reading thread.
         """
-        buffer: bytearray | None = getattr(self._local, "file_buffer", None)
-        if buffer is None or len(buffer) < size:
-            buffer = bytearray(size)
-            self._local.file_buffer = buffer
-        return memoryview(buffer)[:size]
+        if size <= THREAD_FILE_BUFFER:
+            buffer: bytearray | None = getattr(self._local, "file_buffer", None)
+            if buffer is None or len(buffer) < size:
+                buffer = bytearray(size)
+                self._local.file_buffer = buffer
+            yield memoryview(buffer)[:size]
+            return
+        with self._mutex:
+            big, self._big_file_buffer = self._big_file_buffer, None
+        if big is None or len(big) < size:
+            big = bytearray(size)
+        try:
+            yield memoryview(big)[:size]
+        finally:
+            with self._mutex:
+                if self._big_file_buffer is None:
+                    self._big_file_buffer = big
 
     def _save_buffer(self, view: memoryview) -> tuple[list[str], int]:
         """Chunk and store bytes already in memory; chunks are views, encoded before this returns."""

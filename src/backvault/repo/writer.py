@@ -95,6 +95,7 @@ class BackupWriter:
         self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._store_turn = threading.Lock()
         self._storing: Future[None] | None = None
+        self._store_failure: BaseException | None = None  # once a store fails, nothing commits
         self._slots = threading.BoundedSemaphore(max(1, threads) * 2)
         self._local = threading.local()
         self._lock: RepositoryLock | None = None
@@ -347,14 +348,33 @@ class BackupWriter:
     def _store_in_background(self, builder: PackBuilder) -> None:
         """Hand a full pack to the store thread, once the pack before it is stored."""
         with self._store_turn:
-            self._wait_stored()
+            try:
+                self._wait_stored()
+            except BaseException:
+                self._give_back(builder)  # its blobs are lost with the backup; its buffer must not be
+                raise
             self._storing = self._store_pool.submit(self._upload, builder)
 
     def _wait_stored(self) -> None:
-        """Wait until the pack handed to the store thread is stored; raise what failed there."""
+        """Wait until the pack handed to the store thread is stored; raise what failed in any store.
+
+        A failure stays: blobs of files already saved were in that pack, so every later
+        store, flush and commit of this writer must fail too.
+        """
         storing, self._storing = self._storing, None
         if storing is not None:
-            storing.result()
+            try:
+                storing.result()
+            except BaseException as error:
+                self._store_failure = error
+        if self._store_failure is not None:
+            raise self._store_failure
+
+    def _give_back(self, builder: PackBuilder) -> None:
+        """Return a pack's buffer for the next pack and wake the threads waiting for one."""
+        with self._mutex:
+            self._spare_buffers.append(builder.buffer)
+            self._buffer_returned.notify_all()
 
     def _upload(self, builder: PackBuilder) -> None:
         """Write one pack, then the index object that makes its blobs known."""
@@ -362,9 +382,7 @@ class BackupWriter:
         try:
             pack_id = store_pack(repository, builder)
         finally:  # even when the store failed: a thread may be waiting for a buffer
-            with self._mutex:
-                self._spare_buffers.append(builder.buffer)
-                self._buffer_returned.notify_all()
+            self._give_back(builder)
         with self._mutex:
             if repository.index_loaded:  # else the next load reads the index object just written
                 repository.index.add_pack(pack_id, builder.entries)

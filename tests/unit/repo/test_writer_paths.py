@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import threading
@@ -125,3 +127,36 @@ def test_packs_are_stored_in_at_most_two_buffers_across_repeated_flushes(
     assert not worker.is_alive(), "the writer hung waiting for a pack buffer"
     assert not failures
     assert [repository.read_blob(bytes.fromhex(chunk_id)) for chunk_id in stored] == chunks
+
+
+def test_a_pack_that_cannot_be_stored_fails_every_later_flush_without_hanging(
+    repository: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Packs are stored on the writer's store thread: its failure must reach the backup, and
+    # stay, since files saved before it have blobs in the lost pack.
+    def disk_full(key: str, data: bytes | memoryview) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(repository.store, "put_new", disk_full)
+    chunks = [os.urandom(300_000) for _ in range(12)]
+    outcome: list[str] = []
+
+    def back_up() -> None:
+        with contextlib.suppress(OSError), repository.writer() as writer:
+            for chunk in chunks:
+                try:
+                    writer.save_chunk(chunk)
+                except OSError:
+                    outcome.append("save failed")
+            for _ in range(2):
+                try:
+                    writer.flush()
+                except OSError:
+                    outcome.append("flush failed")
+
+    worker = threading.Thread(target=back_up, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the writer hung after a failed store"
+    assert "save failed" in outcome
+    assert outcome[-2:] == ["flush failed", "flush failed"]

@@ -7,19 +7,21 @@ and a local pack is opened once for all the stretches wanted from it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from backvault.repo.blob import BlobCodec, BlobType
 from backvault.repo.crypto import MasterKey, Sealer
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
+from backvault.repo.memory import ReusedBuffer
 from backvault.repo.pack import pack_key
 from backvault.storage.base import ObjectStore, StorageError, read_ranges
 
 # Two wanted blobs this close in one pack are read together (the bytes between are discarded).
 MERGE_GAP = 512 * 1024
-# One read never spans more than this, so memory stays bounded whatever the batch asks for.
-MAX_REGION = 24 * 1024 * 1024
+# One read never spans more than this (but for one bigger blob), so memory stays bounded
+# whatever the batch asks for.
+MAX_REGION = 8 * 1024 * 1024
 
 
 def codec_for(secret: bytes, compression_level: int) -> BlobCodec:
@@ -75,14 +77,19 @@ def _reads(groups: Iterator[Group]) -> Iterator[list[Group]]:
 
 
 def read_located(
-    store: ObjectStore, codec: BlobCodec, wanted: Mapping[str, Sequence[Location]]
+    store: ObjectStore,
+    codec: BlobCodec,
+    wanted: Mapping[str, Sequence[Location]],
+    buffer: ReusedBuffer | None = None,
 ) -> Iterator[tuple[str, bytes | DamagedDataError]]:
     """Yield every wanted data blob (hex id -> its locations, preferred first) once, in pack order.
 
     A blob that cannot be read from its first location is tried at the others; when all
     fail, the error is yielded in place of the data. The ranged reads of one pack go to
-    the store together (one open of a local pack file).
+    the store together (one open of a local pack file), into buffer when given (a caller
+    that reads many batches keeps one); the blobs yielded never share its memory.
     """
+    buffer = buffer or ReusedBuffer()
     by_pack: dict[str, Group] = {}
     for chunk_id, locations in wanted.items():
         by_pack.setdefault(locations[0].pack_id, []).append((locations[0], chunk_id))
@@ -90,16 +97,28 @@ def read_located(
         located.sort(key=lambda item: item[0].offset)
         key = pack_key(pack_id)
         for groups in _reads(_regions(located)):
-            regions = _fetch(store, key, groups)
+            regions = _fetch(store, key, groups, buffer)
             for number, group in enumerate(groups):
                 region, regions[number] = regions[number], b""  # freed once its blobs are out
                 yield from _decode_group(store, codec, wanted, key, group, region)
 
 
-def _fetch(store: ObjectStore, key: str, groups: list[Group]) -> list[bytes]:
-    """Read the span of every group from one pack (b"" for each when the pack cannot be read)."""
+def _fetch(
+    store: ObjectStore, key: str, groups: list[Group], buffer: ReusedBuffer
+) -> list[bytes | memoryview]:
+    """Read the span of every group from one pack (b"" for each when the pack cannot be read).
+
+    A store that can read into memory given to it (LocalStore.get_ranges_into) reads into
+    buffer: the views returned are valid until buffer is used again.
+    """
+    spans = [_span(group) for group in groups]
+    get_ranges_into: Callable[[str, list[tuple[int, int]], memoryview], list[memoryview]] | None = getattr(
+        store, "get_ranges_into", None
+    )
     try:
-        return read_ranges(store, key, [_span(group) for group in groups])
+        if get_ranges_into is not None:
+            return [*get_ranges_into(key, spans, buffer.take(sum(length for _, length in spans)))]
+        return [*read_ranges(store, key, spans)]
     except StorageError:
         return [b""] * len(groups)
 
@@ -110,7 +129,7 @@ def _decode_group(
     wanted: Mapping[str, Sequence[Location]],
     key: str,
     group: Group,
-    region: bytes,
+    region: bytes | memoryview,
 ) -> Iterator[tuple[str, bytes | DamagedDataError]]:
     """Decode each blob of a group from the region read for it (other copies when that fails)."""
     view = memoryview(region)

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import overload
 
 from backvault.storage.base import ObjectExistsError, ObjectInfo, ObjectNotFoundError, StorageError
 
@@ -88,6 +89,22 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
     if len(parts) == 1:
         return parts[0]
     return b"".join(parts)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill view from offset (less only where the file ends); returns the bytes read."""
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            count = os.preadv(fd, [view[done:]], offset + done)
+        else:  # no preadv (Windows): one copy more
+            part = os.pread(fd, len(view) - done, offset + done)
+            count = len(part)
+            view[done : done + count] = part
+        if not count:
+            break  # End of file.
+        done += count
+    return done
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -238,8 +255,36 @@ class LocalStore:
             return []
         return self._read_ranges("get_ranges", key, ranges)
 
-    def _read_ranges(self, operation: str, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Open key once and pread every range (errors named after operation)."""
+    def get_ranges_into(
+        self, key: str, ranges: Sequence[tuple[int, int]], into: memoryview
+    ) -> list[memoryview]:
+        """get_ranges, read into consecutive parts of into (room for every length): views of it."""
+        parts: list[memoryview] = []
+        position = 0
+        for _, length in ranges:
+            parts.append(into[position : position + length])
+            position += length
+        if len(into) < position:
+            raise ValueError(f"no room to read {position} bytes into {len(into)}")
+        counts = self._read_ranges("get_ranges_into", key, ranges, parts)
+        return [part[:count] for part, count in zip(parts, counts, strict=True)]
+
+    @overload
+    def _read_ranges(self, operation: str, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
+
+    @overload
+    def _read_ranges(
+        self, operation: str, key: str, ranges: Sequence[tuple[int, int]], into: list[memoryview]
+    ) -> list[int]: ...
+
+    def _read_ranges(
+        self,
+        operation: str,
+        key: str,
+        ranges: Sequence[tuple[int, int]],
+        into: list[memoryview] | None = None,
+    ) -> list[bytes] | list[int]:
+        """Open key once and pread every range, as bytes or into its view (errors named after operation)."""
         for offset, length in ranges:
             if offset < 0 or length < 0:
                 raise ValueError(f"offset and length must be >= 0, got offset={offset} length={length}")
@@ -251,7 +296,9 @@ class LocalStore:
         except OSError as error:
             raise self._error(operation, key, error) from error
         try:
-            return [_pread_all(fd, offset, length) for offset, length in ranges]
+            if into is None:
+                return [_pread_all(fd, offset, length) for offset, length in ranges]
+            return [_pread_into(fd, view, offset) for view, (offset, _) in zip(into, ranges, strict=True)]
         except IsADirectoryError:
             raise ObjectNotFoundError(key) from None
         except OSError as error:

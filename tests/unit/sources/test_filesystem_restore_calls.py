@@ -247,6 +247,12 @@ class CountingStore(LocalStore):
         CountingStore.calls += 1
         return super().get_ranges(key, ranges)
 
+    def get_ranges_into(
+        self, key: str, ranges: Sequence[tuple[int, int]], into: memoryview
+    ) -> list[memoryview]:
+        CountingStore.calls += 1
+        return super().get_ranges_into(key, ranges, into)
+
 
 def _wide_tree(source: Path) -> int:
     """Twelve directories of three subdirectories holding one file each; return the trees."""

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from filesystem_helpers import assert_same_tree, damage_blob, damage_tree, opened_directory, write_file
 
+from backvault.repo import chunk_reader
 from backvault.repo.chunk_reader import read_located
 from backvault.repo.index import Location
+from backvault.repo.memory import ReusedBuffer
 from backvault.repo.repository import Repository
 from backvault.repo.snapshot import Snapshot
 from backvault.sources.filesystem import restore_workers
@@ -159,6 +161,13 @@ class CountingStore(LocalStore):
         CountingStore.ranges += len(ranges)
         return super().get_ranges(key, ranges)
 
+    def get_ranges_into(
+        self, key: str, ranges: Sequence[tuple[int, int]], into: memoryview
+    ) -> list[memoryview]:
+        CountingStore.calls += 1
+        CountingStore.ranges += len(ranges)
+        return super().get_ranges_into(key, ranges, into)
+
 
 def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
     tmp_path: Path, repo: Repository
@@ -187,6 +196,28 @@ def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
     assert answer == {first_id: by_id[first_id]}
     unreadable = dict(read_located(store, repo.codec, {first_id: [bogus]}))
     assert "failed authentication" in str(unreadable[first_id])
+
+
+def test_blobs_read_through_one_reused_buffer_stay_intact(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    contents = {f"f{index}": os.urandom(3000 + index) for index in range(30)}
+    for name, content in contents.items():
+        (source / name).write_bytes(content)
+    snapshot = backup_paths(repo, [str(source)])
+    nodes = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "").nodes
+    wanted = {node.content[0]: repo.index.locations(bytes.fromhex(node.content[0])) for node in nodes}
+    by_id = {node.content[0]: contents[node.name.decode()] for node in nodes}
+    # One blob per read: every read overwrites the buffer the one before used.
+    monkeypatch.setattr(chunk_reader, "MAX_REGION", 1)
+    buffer = ReusedBuffer()
+    store = CountingStore(repo.store.location)
+    CountingStore.calls = CountingStore.ranges = 0
+    for _ in range(2):  # a second batch through the same buffer
+        assert dict(read_located(store, repo.codec, wanted, buffer)) == by_id
+    assert CountingStore.calls == 2 * len(by_id)
 
 
 def test_jobs_without_chunks_are_created_empty_by_workers(

@@ -221,6 +221,23 @@ def test_get_ranges_opens_the_file_once_for_all_ranges(
     assert len(opened) == 1
 
 
+def test_get_ranges_into_reads_into_the_memory_given(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    data = os.urandom(100_000)
+    store.put("data/ab/pack", data)
+    memory = bytearray(3000)
+    ranges = [(0, 10), (50_000, 1000), (99_990, 100), (10, 0)]
+    views = store.get_ranges_into("data/ab/pack", ranges, memoryview(memory))
+    assert [bytes(view) for view in views] == [data[0:10], data[50_000:51_000], data[99_990:], b""]
+    assert memory[:10] == data[:10] and memory[10:1010] == data[50_000:51_000]  # read in place
+    memory[0] ^= 1
+    assert views[0][0] == memory[0]  # views of the memory, not copies
+    with pytest.raises(ValueError, match="no room"):
+        store.get_ranges_into("data/ab/pack", [(0, 2000), (0, 2000)], memoryview(memory))
+    with pytest.raises(ObjectNotFoundError):
+        store.get_ranges_into("data/ab/missing", [(0, 1)], memoryview(memory))
+
+
 def test_an_object_in_the_way_of_a_directory_is_a_storage_error(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     store.put("data", b"a file where a directory would go")

@@ -39,7 +39,7 @@ from typing import IO, Any, TypeVar
 from backvault.repo.chunk_reader import codec_for
 from backvault.repo.crypto import MasterKey
 from backvault.repo.index import ChunkIndex
-from backvault.repo.memory import tune_malloc
+from backvault.repo.memory import ReusedBuffer, tune_malloc
 from backvault.repo.repository import Repository
 from backvault.repo.tree import Node
 from backvault.sources.filesystem.restore_plan import (
@@ -208,7 +208,12 @@ class _JobWalk:
 
 
 def _run_job(
-    repo: Repository, trees: TreeReader, directories: Directories, job: SubtreeJob, outbound: IO[bytes]
+    repo: Repository,
+    trees: TreeReader,
+    directories: Directories,
+    job: SubtreeJob,
+    outbound: IO[bytes],
+    buffer: ReusedBuffer,
 ) -> BatchResult:
     """Restore a SubtreeJob: send what the walk found, then write the files and return the result."""
     walk = _JobWalk(repo, trees, directories, job)
@@ -216,7 +221,7 @@ def _run_job(
     result = BatchResult()
     for batch in walk.batches:
         if batch.files:
-            done = run_batch(repo.store, repo.codec, directories, batch, 0)
+            done = run_batch(repo.store, repo.codec, directories, batch, 0, buffer)
             result.files_restored += done.files_restored
             result.bytes_written += done.bytes_written
             result.errors.extend(done.errors)
@@ -329,6 +334,7 @@ def _serve() -> None:
     directories = Directories(target_fd)
     repo = _open_repository(setup)
     trees = TreeReader(repo) if repo is not None else None
+    buffer = ReusedBuffer()  # every batch's packs are read into the same memory
     while True:
         message = _receive(inbound)
         if message is None:
@@ -337,9 +343,9 @@ def _serve() -> None:
             if isinstance(message, SubtreeJob):
                 if repo is None or trees is None:
                     raise ValueError("subtrees need the repository config")
-                answer: BatchResult | str = _run_job(repo, trees, directories, message, outbound)
+                answer: BatchResult | str = _run_job(repo, trees, directories, message, outbound, buffer)
             else:
-                answer = run_batch(store, codec, directories, message, 0)
+                answer = run_batch(store, codec, directories, message, 0, buffer)
         except Exception as error:  # reported for the batch's files; the next batch may still work
             answer = f"restore worker failed: {type(error).__name__}: {error}"
         _send(outbound, answer)

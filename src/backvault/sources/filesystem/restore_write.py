@@ -25,6 +25,7 @@ from backvault.repo.blob import BlobCodec
 from backvault.repo.chunk_reader import read_located
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
+from backvault.repo.memory import ReusedBuffer
 from backvault.repo.tree import Node
 from backvault.sources.filesystem.metadata import write_xattrs
 from backvault.sources.filesystem.restore_plan import Directories, RestoredFile
@@ -309,11 +310,16 @@ class FileWriter:
 
 
 def run_batch(
-    store: ObjectStore, codec: BlobCodec, directories: Directories, batch: Batch, umask: int | None
+    store: ObjectStore,
+    codec: BlobCodec,
+    directories: Directories,
+    batch: Batch,
+    umask: int | None,
+    buffer: ReusedBuffer | None = None,
 ) -> BatchResult:
     """Restore every file of a batch: fetch each chunk once and write it everywhere it belongs.
 
-    umask: this process's (None: unknown).
+    umask: this process's (None: unknown); buffer: where packs are read (a worker keeps one).
     """
     result = RestoreResult()
     writer = FileWriter(directories, result, umask)
@@ -335,7 +341,7 @@ def run_batch(
     try:
         for item in empty:
             writer.finish(item)
-        for chunk_id, data in read_located(store, codec, batch.locations):
+        for chunk_id, data in read_located(store, codec, batch.locations, buffer):
             targets = positions.pop(chunk_id)
             if isinstance(data, DamagedDataError):
                 for item, _ in targets:

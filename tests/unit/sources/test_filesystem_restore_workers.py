@@ -18,6 +18,7 @@ from backvault.repo.index import Location
 from backvault.repo.memory import ReusedBuffer
 from backvault.repo.repository import Repository
 from backvault.repo.snapshot import Snapshot
+from backvault.repo.tree import Node
 from backvault.sources.filesystem import restore_workers
 from backvault.sources.filesystem.backup import backup_paths
 from backvault.sources.filesystem.restore import RestoreProgress, restore_snapshot
@@ -169,18 +170,26 @@ class CountingStore(LocalStore):
         return super().get_ranges_into(key, ranges, into)
 
 
-def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
-    tmp_path: Path, repo: Repository
-) -> None:
+def _small_files_backed_up(
+    tmp_path: Path, repo: Repository, contents: dict[str, bytes]
+) -> tuple[list[Node], dict[str, list[Location]], dict[str, bytes]]:
+    """Back up one directory of single-chunk files: its nodes, each chunk's locations and bytes."""
     source = tmp_path / "src"
     source.mkdir()
-    contents = {f"f{index}": os.urandom(2000) for index in range(20)}
     for name, content in contents.items():
         (source / name).write_bytes(content)
     snapshot = backup_paths(repo, [str(source)])
     nodes = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "").nodes
     wanted = {node.content[0]: repo.index.locations(bytes.fromhex(node.content[0])) for node in nodes}
     by_id = {node.content[0]: contents[node.name.decode()] for node in nodes}
+    return nodes, wanted, by_id
+
+
+def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
+    tmp_path: Path, repo: Repository
+) -> None:
+    contents = {f"f{index}": os.urandom(2000) for index in range(20)}
+    nodes, wanted, by_id = _small_files_backed_up(tmp_path, repo, contents)
     store = CountingStore(repo.store.location)
     CountingStore.calls = CountingStore.ranges = 0
     assert dict(read_located(store, repo.codec, wanted)) == by_id
@@ -201,15 +210,8 @@ def test_nearby_blobs_are_read_together_and_a_damaged_copy_falls_back(
 def test_blobs_read_through_one_reused_buffer_stay_intact(
     tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
     contents = {f"f{index}": os.urandom(3000 + index) for index in range(30)}
-    for name, content in contents.items():
-        (source / name).write_bytes(content)
-    snapshot = backup_paths(repo, [str(source)])
-    nodes = repo.load_tree(repo.load_tree(snapshot.tree).nodes[0].subtree or "").nodes
-    wanted = {node.content[0]: repo.index.locations(bytes.fromhex(node.content[0])) for node in nodes}
-    by_id = {node.content[0]: contents[node.name.decode()] for node in nodes}
+    _, wanted, by_id = _small_files_backed_up(tmp_path, repo, contents)
     # One blob per read: every read overwrites the buffer the one before used.
     monkeypatch.setattr(chunk_reader, "MAX_REGION", 1)
     buffer = ReusedBuffer()

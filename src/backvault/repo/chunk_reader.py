@@ -8,14 +8,15 @@ and a local pack is opened once for all the stretches wanted from it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from backvault.repo.blob import BlobCodec, BlobType
 from backvault.repo.crypto import MasterKey, Sealer
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
-from backvault.repo.memory import ReusedBuffer
 from backvault.repo.pack import pack_key
 from backvault.storage.base import ObjectStore, StorageError, read_ranges
+from backvault.storage.direct_io import AlignedBuffer
 
 # Two wanted blobs this close in one pack are read together (the bytes between are discarded).
 MERGE_GAP = 512 * 1024
@@ -76,35 +77,55 @@ def _reads(groups: Iterator[Group]) -> Iterator[list[Group]]:
         yield batch
 
 
+class PackReads:
+    """Where a process reads pack regions (a restore worker keeps one for all its batches).
+
+    Two buffers: while the blobs of one read are decoded and written, the next read fills
+    the other one on a helper thread. Reads that bypass the page cache wait for the disk,
+    and this wait no longer stops the decoding.
+    """
+
+    def __init__(self) -> None:
+        self.buffers = (AlignedBuffer(), AlignedBuffer())
+
+
 def read_located(
     store: ObjectStore,
     codec: BlobCodec,
     wanted: Mapping[str, Sequence[Location]],
-    buffer: ReusedBuffer | None = None,
+    memory: PackReads | None = None,
 ) -> Iterator[tuple[str, bytes | DamagedDataError]]:
     """Yield every wanted data blob (hex id -> its locations, preferred first) once, in pack order.
 
     A blob that cannot be read from its first location is tried at the others; when all
     fail, the error is yielded in place of the data. The ranged reads of one pack go to
-    the store together (one open of a local pack file), into buffer when given (a caller
-    that reads many batches keeps one); the blobs yielded never share its memory.
+    the store together (one open of a local pack file), into memory's buffers when given;
+    the blobs yielded never share that memory.
     """
-    buffer = buffer or ReusedBuffer()
+    buffers = (memory or PackReads()).buffers
     by_pack: dict[str, Group] = {}
     for chunk_id, locations in wanted.items():
         by_pack.setdefault(locations[0].pack_id, []).append((locations[0], chunk_id))
+    reads: list[tuple[str, list[Group]]] = []
     for pack_id, located in by_pack.items():
         located.sort(key=lambda item: item[0].offset)
         key = pack_key(pack_id)
-        for groups in _reads(_regions(located)):
-            regions = _fetch(store, key, groups, buffer)
-            for number, group in enumerate(groups):
-                region, regions[number] = regions[number], b""  # freed once its blobs are out
+        reads.extend((key, groups) for groups in _reads(_regions(located)))
+    if not reads:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-read") as reader:
+        ahead = reader.submit(_fetch, store, *reads[0], buffers[0])
+        for number, (key, groups) in enumerate(reads):
+            regions = ahead.result()
+            if number + 1 < len(reads):  # into the buffer whose blobs are all out
+                ahead = reader.submit(_fetch, store, *reads[number + 1], buffers[(number + 1) % 2])
+            for index, group in enumerate(groups):
+                region, regions[index] = regions[index], b""  # freed once its blobs are out
                 yield from _decode_group(store, codec, wanted, key, group, region)
 
 
 def _fetch(
-    store: ObjectStore, key: str, groups: list[Group], buffer: ReusedBuffer
+    store: ObjectStore, key: str, groups: list[Group], buffer: AlignedBuffer
 ) -> list[bytes | memoryview]:
     """Read the span of every group from one pack (b"" for each when the pack cannot be read).
 
@@ -112,12 +133,12 @@ def _fetch(
     buffer: the views returned are valid until buffer is used again.
     """
     spans = [_span(group) for group in groups]
-    get_ranges_into: Callable[[str, list[tuple[int, int]], memoryview], list[memoryview]] | None = getattr(
+    get_ranges_into: Callable[[str, list[tuple[int, int]], AlignedBuffer], list[memoryview]] | None = getattr(
         store, "get_ranges_into", None
     )
     try:
         if get_ranges_into is not None:
-            return [*get_ranges_into(key, spans, buffer.take(sum(length for _, length in spans)))]
+            return [*get_ranges_into(key, spans, buffer)]
         return [*read_ranges(store, key, spans)]
     except StorageError:
         return [b""] * len(groups)

@@ -55,20 +55,3 @@ def tune_malloc() -> bool:
             )
         )
         return _applied
-
-
-class ReusedBuffer:
-    """Memory that one reader fills again and again, so that its pages stay mapped.
-
-    A restore reads packs in stretches of up to 8 MiB. Read into fresh bytes, each stretch
-    was a new mapping faulted in page by page: 40 % of the page faults of a 1 GiB restore.
-    """
-
-    def __init__(self) -> None:
-        self._memory = bytearray()
-
-    def take(self, size: int) -> memoryview:
-        """size bytes of the buffer; what earlier calls returned must no longer be in use."""
-        if len(self._memory) < size:
-            self._memory = bytearray(size)  # views of the old one keep it alive until released
-        return memoryview(self._memory)[:size]

@@ -7,16 +7,20 @@ index can be rebuilt from the packs alone (offsets are the running sum of length
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import NamedTuple
 
 from backvault.repo.blob import BlobCodec, BlobType, Payload
 from backvault.repo.crypto import OVERHEAD, AuthenticationError, Sealer
+from backvault.storage.direct_io import private_memory
 
 PACK_MAGIC = b"BVP1"
 _TRAILER = struct.Struct("<I4s")
 _ENTRY = struct.Struct("<B32sII")
 _HEADER_AAD = b"backvault pack header"
+# A pack's memory is reserved this big at first: pages are only backed once written.
+_RESERVED = 32 * 1024 * 1024
 
 
 class PackEntry(NamedTuple):
@@ -34,16 +38,18 @@ class PackBuilder:
 
     The blobs are written into one buffer, which a writer hands to its next builder once
     the pack is stored (see buffer): its memory is faulted in once per backup, not once
-    per pack (two fifths of a first backup's page faults).
+    per pack (two fifths of a first backup's page faults). The buffer is an anonymous
+    mapping: page aligned, so a local store writes the pack from it with O_DIRECT
+    (storage/direct_io.py), and only the pages written count towards RSS.
     """
 
-    def __init__(self, buffer: bytearray | None = None) -> None:
-        self._data = buffer if buffer is not None else bytearray()
+    def __init__(self, buffer: mmap.mmap | None = None) -> None:
+        self._data = buffer if buffer is not None else private_memory(_RESERVED)
         self.entries: list[PackEntry] = []
         self.size = 0
 
     @property
-    def buffer(self) -> bytearray:
+    def buffer(self) -> mmap.mmap:
         """The memory of this pack, for another builder once its bytes are stored."""
         return self._data
 
@@ -51,11 +57,10 @@ class PackBuilder:
         need = self.size + length
         if need <= len(self._data):
             return
-        grown = max(need, len(self._data) + (1 << 20))  # a pack fills its buffer in a few steps
-        try:
-            self._data += bytes(grown - len(self._data))
-        except BufferError:  # a view of the old pack is still alive somewhere: leave it that memory
-            self._data = self._data[: self.size] + bytes(grown - self.size)
+        # Rare (a pack gets one blob more than the reserve holds): move to a mapping twice as big.
+        bigger = private_memory(max(need, 2 * len(self._data)))
+        bigger[: self.size] = self._data[: self.size]
+        self._data = bigger  # the old one goes once no view of it is left
 
     def add(self, blob_type: BlobType, blob_id: bytes, stored: bytes | memoryview, raw_length: int) -> None:
         """Append one stored blob."""

@@ -10,6 +10,7 @@ of its own while the next one fills; the snapshot waits for every pack.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -84,7 +85,7 @@ class BackupWriter:
         self.claims: ClaimTable | None = None
         # None while a thread waits for a pack buffer to start the next pack (see _next_builder).
         self._builder: PackBuilder | None = PackBuilder()
-        self._spare_buffers: list[bytearray] = []  # of packs already stored (see PackBuilder)
+        self._spare_buffers: list[mmap.mmap] = []  # of packs already stored (see PackBuilder)
         self._big_file_buffer: bytearray | None = None  # see _whole_file_buffer
         self._buffers = 1  # pack buffers in use or spare
         self._buffer_returned = threading.Condition(self._mutex)

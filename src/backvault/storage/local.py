@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import overload
 
+from backvault.storage import direct_io
 from backvault.storage.base import ObjectExistsError, ObjectInfo, ObjectNotFoundError, StorageError
 
 # Temp files live next to their final name (so rename stays on one filesystem) and carry
 # a prefix that validate_key refuses in every key segment, so they can never clash with
 # or be listed as objects.
 TEMP_PREFIX = ".tmp-"
+
+# Objects at least this big (packs) are written around the page cache (see direct_io).
+DIRECT_WRITE_MIN = 1024 * 1024
 
 # Filesystems without hard links (some FUSE, SMB, exFAT mounts) report one of these.
 _NO_HARDLINK_ERRNOS = frozenset(
@@ -107,6 +112,33 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     return done
 
 
+def _pread_direct(fd: int, view: memoryview, offset: int) -> int:
+    """_pread_into with O_DIRECT: a read that ends off a block boundary has met the end of the file."""
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        done += count
+        if not count or done % direct_io.ALIGNMENT:
+            break
+    return done
+
+
+def _check_ranges(ranges: Sequence[tuple[int, int]]) -> None:
+    for offset, length in ranges:
+        if offset < 0 or length < 0:
+            raise ValueError(f"offset and length must be >= 0, got offset={offset} length={length}")
+
+
+def _aligned(offset: int, length: int) -> tuple[int, int]:
+    """The smallest run of whole aligned blocks that holds (offset, length)."""
+    start = direct_io.align_down(offset)
+    return start, direct_io.align_up(offset + length) - start
+
+
+class _DirectRefused(Exception):
+    """The file or its device does not take O_DIRECT reads as asked."""
+
+
 def _write_all(fd: int, view: memoryview) -> None:
     """Write the whole view to fd; os.write may write less than asked."""
     written = 0
@@ -121,9 +153,15 @@ class LocalStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self._root = Path(os.path.abspath(os.fspath(root)))
         self._root_text = str(self._root)
+        self._direct = bool(direct_io.O_DIRECT)  # until the filesystem refuses it
+        self._local = threading.local()  # each thread's AlignedBuffer
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self._root)!r})"
+
+    def __reduce__(self) -> tuple[type[LocalStore], tuple[str]]:
+        """Pickled as its root alone (restore workers get the store this way)."""
+        return type(self), (self._root_text,)
 
     @property
     def location(self) -> str:
@@ -163,12 +201,41 @@ class LocalStore:
             return  # Created concurrently by another writer.
         _fsync_directory(directory.parent)
 
+    def _aligned_buffer(self) -> direct_io.AlignedBuffer:
+        buffer: direct_io.AlignedBuffer | None = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = direct_io.AlignedBuffer()
+        return buffer
+
+    def _write_new(self, fd: int, view: memoryview, direct: bool) -> None:
+        """Write view into the new, empty file fd (opened with O_DIRECT when direct)."""
+        if direct:
+            try:
+                direct_io.write_direct(fd, view, self._aligned_buffer())
+                return
+            except OSError as error:
+                if not direct_io.refused(error):
+                    raise
+                self._direct = False  # this filesystem or device wants buffered writes
+                direct_io.set_direct(fd, False)
+                os.ftruncate(fd, 0)
+        _write_all(fd, view)
+
     def _write_temp(self, directory: Path, view: memoryview) -> Path:
         """Write view to a new, fsynced temp file in directory and return its path."""
         temp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        direct = self._direct and view.nbytes >= DIRECT_WRITE_MIN
         try:
-            _write_all(fd, view)
+            fd = os.open(temp, flags | direct_io.O_DIRECT if direct else flags, 0o666)
+        except OSError as error:
+            if not (direct and direct_io.refused(error)):
+                raise
+            self._direct = direct = False
+            temp.unlink(missing_ok=True)  # some kernels create the file before they refuse
+            fd = os.open(temp, flags, 0o666)
+        try:
+            self._write_new(fd, view, direct)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -256,25 +323,50 @@ class LocalStore:
         return self._read_ranges("get_ranges", key, ranges)
 
     def get_ranges_into(
-        self, key: str, ranges: Sequence[tuple[int, int]], into: memoryview
+        self, key: str, ranges: Sequence[tuple[int, int]], buffer: direct_io.AlignedBuffer
     ) -> list[memoryview]:
-        """get_ranges, read into consecutive parts of into (room for every length): views of it."""
+        """get_ranges, read into buffer: views of it, valid until buffer is used again.
+
+        Read around the page cache where the filesystem allows (see direct_io): each range
+        then grows to whole aligned blocks, read into an aligned part of buffer.
+        """
+        _check_ranges(ranges)
+        if self._direct:
+            try:
+                return self._read_into(key, ranges, buffer, direct=True)
+            except _DirectRefused:
+                self._direct = False
+        return self._read_into(key, ranges, buffer, direct=False)
+
+    def _read_into(
+        self, key: str, ranges: Sequence[tuple[int, int]], buffer: direct_io.AlignedBuffer, *, direct: bool
+    ) -> list[memoryview]:
+        spans = [_aligned(offset, length) for offset, length in ranges] if direct else list(ranges)
+        memory = buffer.take(sum(length for _, length in spans))
         parts: list[memoryview] = []
         position = 0
-        for _, length in ranges:
-            parts.append(into[position : position + length])
+        for _, length in spans:
+            parts.append(memory[position : position + length])
             position += length
-        if len(into) < position:
-            raise ValueError(f"no room to read {position} bytes into {len(into)}")
-        counts = self._read_ranges("get_ranges_into", key, ranges, parts)
-        return [part[:count] for part, count in zip(parts, counts, strict=True)]
+        counts = self._read_ranges("get_ranges_into", key, spans, parts, direct=direct)
+        views: list[memoryview] = []
+        for part, count, (offset, length), (start, _) in zip(parts, counts, ranges, spans, strict=True):
+            skip = offset - start  # the aligned read began this far before the range
+            views.append(part[skip : max(skip, min(count, skip + length))])
+        return views
 
     @overload
     def _read_ranges(self, operation: str, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
 
     @overload
     def _read_ranges(
-        self, operation: str, key: str, ranges: Sequence[tuple[int, int]], into: list[memoryview]
+        self,
+        operation: str,
+        key: str,
+        ranges: Sequence[tuple[int, int]],
+        into: list[memoryview],
+        *,
+        direct: bool,
     ) -> list[int]: ...
 
     def _read_ranges(
@@ -283,25 +375,33 @@ class LocalStore:
         key: str,
         ranges: Sequence[tuple[int, int]],
         into: list[memoryview] | None = None,
+        *,
+        direct: bool = False,
     ) -> list[bytes] | list[int]:
-        """Open key once and pread every range, as bytes or into its view (errors named after operation)."""
-        for offset, length in ranges:
-            if offset < 0 or length < 0:
-                raise ValueError(f"offset and length must be >= 0, got offset={offset} length={length}")
+        """Open key once and pread every range, as bytes or into its view (errors named after operation).
+
+        direct: with O_DIRECT (ranges and views aligned); _DirectRefused when that is refused.
+        """
+        _check_ranges(ranges)
         path = self._file(key)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | direct_io.O_DIRECT if direct else os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(key) from None
         except OSError as error:
+            if direct and direct_io.refused(error):
+                raise _DirectRefused from error
             raise self._error(operation, key, error) from error
         try:
             if into is None:
                 return [_pread_all(fd, offset, length) for offset, length in ranges]
-            return [_pread_into(fd, view, offset) for view, (offset, _) in zip(into, ranges, strict=True)]
+            read = _pread_direct if direct else _pread_into
+            return [read(fd, view, offset) for view, (offset, _) in zip(into, ranges, strict=True)]
         except IsADirectoryError:
             raise ObjectNotFoundError(key) from None
         except OSError as error:
+            if direct and direct_io.refused(error):
+                raise _DirectRefused from error
             raise self._error(operation, key, error) from error
         finally:
             os.close(fd)

@@ -29,6 +29,7 @@ from backvault.repo.repository import Repository
 from backvault.sources.filesystem import restore_workers
 from backvault.sources.filesystem.backup import backup_paths
 from backvault.sources.filesystem.restore import restore_snapshot
+from backvault.storage.direct_io import AlignedBuffer
 from backvault.storage.local import LocalStore
 
 AS_ROOT = os.geteuid() == 0
@@ -248,10 +249,10 @@ class CountingStore(LocalStore):
         return super().get_ranges(key, ranges)
 
     def get_ranges_into(
-        self, key: str, ranges: Sequence[tuple[int, int]], into: memoryview
+        self, key: str, ranges: Sequence[tuple[int, int]], buffer: AlignedBuffer
     ) -> list[memoryview]:
         CountingStore.calls += 1
-        return super().get_ranges_into(key, ranges, into)
+        return super().get_ranges_into(key, ranges, buffer)
 
 
 def _wide_tree(source: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 import subprocess
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 import backvault
+from backvault.storage import direct_io
 from backvault.storage.base import ObjectExistsError, ObjectNotFoundError, StorageError
+from backvault.storage.direct_io import AlignedBuffer
 from backvault.storage.local import TEMP_PREFIX, LocalStore
 from backvault.storage.s3 import S3Store
 from backvault.storage.url import open_store
@@ -221,21 +224,61 @@ def test_get_ranges_opens_the_file_once_for_all_ranges(
     assert len(opened) == 1
 
 
-def test_get_ranges_into_reads_into_the_memory_given(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_get_ranges_into_reads_into_the_buffer_given(tmp_path: Path, direct: bool) -> None:
     store = LocalStore(tmp_path)
+    store._direct = direct  # both read paths, whatever the filesystem takes
     data = os.urandom(100_000)
     store.put("data/ab/pack", data)
-    memory = bytearray(3000)
-    ranges = [(0, 10), (50_000, 1000), (99_990, 100), (10, 0)]
-    views = store.get_ranges_into("data/ab/pack", ranges, memoryview(memory))
-    assert [bytes(view) for view in views] == [data[0:10], data[50_000:51_000], data[99_990:], b""]
-    assert memory[:10] == data[:10] and memory[10:1010] == data[50_000:51_000]  # read in place
+    buffer = AlignedBuffer()
+    ranges = [(0, 10), (50_000, 1000), (99_990, 100), (10, 0), (200_000, 5)]
+    views = store.get_ranges_into("data/ab/pack", ranges, buffer)
+    assert [bytes(view) for view in views] == [data[0:10], data[50_000:51_000], data[99_990:], b"", b""]
+    memory = buffer.take(1)
     memory[0] ^= 1
-    assert views[0][0] == memory[0]  # views of the memory, not copies
-    with pytest.raises(ValueError, match="no room"):
-        store.get_ranges_into("data/ab/pack", [(0, 2000), (0, 2000)], memoryview(memory))
+    assert views[0][0] == memory[0]  # views of the buffer, not copies
+    memory.release()
     with pytest.raises(ObjectNotFoundError):
-        store.get_ranges_into("data/ab/missing", [(0, 1)], memoryview(memory))
+        store.get_ranges_into("data/ab/missing", [(0, 1)], buffer)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        store.get_ranges_into("data/ab/pack", [(-1, 1)], buffer)
+
+
+@pytest.mark.parametrize("size", [1 << 20, 3 * (1 << 20) + 77])
+def test_big_objects_are_stored_exactly_from_any_memory(tmp_path: Path, size: int) -> None:
+    store = LocalStore(tmp_path)
+    data = os.urandom(size)
+    aligned = mmap.mmap(-1, size)  # page aligned, as a pack builder's memory is
+    aligned[:] = data
+    store.put_new("data/ab/from-bytes", data)
+    store.put_new("data/ab/from-aligned", memoryview(aligned))
+    assert store.get("data/ab/from-bytes") == data == store.get("data/ab/from-aligned")
+    assert files_under(tmp_path) == ["data/ab/from-aligned", "data/ab/from-bytes"]
+
+
+def test_a_filesystem_without_o_direct_gets_buffered_writes_and_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+    real_open = os.open
+    refused: list[int] = []
+
+    def open_without_direct(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if flags & direct_io.O_DIRECT:
+            refused.append(flags)
+            if flags & os.O_CREAT:  # as some kernels do: created, then refused
+                os.close(real_open(path, flags & ~direct_io.O_DIRECT, mode, dir_fd=dir_fd))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", open_without_direct)
+    data = os.urandom(2 << 20)
+    store.put_new("data/ab/pack", data)
+    store.put_new("data/ab/other", data[1:])
+    views = store.get_ranges_into("data/ab/pack", [(5, 10_000)], AlignedBuffer())
+    assert bytes(views[0]) == data[5:10_005]
+    assert len(refused) == (1 if direct_io.O_DIRECT else 0)  # asked once, then never again
+    assert files_under(tmp_path) == ["data/ab/other", "data/ab/pack"]
 
 
 def test_an_object_in_the_way_of_a_directory_is_a_storage_error(tmp_path: Path) -> None:

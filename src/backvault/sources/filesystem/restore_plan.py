@@ -20,6 +20,7 @@ from backvault.repo.errors import DamagedDataError
 from backvault.repo.repository import Repository
 from backvault.repo.tree import Node, Tree
 from backvault.sources.filesystem.metadata import MODE_BITS, write_xattrs
+from backvault.sources.filesystem.restore_direct import DirectFile
 from backvault.sources.filesystem.restore_trees import TreeReader
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -89,6 +90,7 @@ class RestoredFile:
     finished: bool = False
     failed: str | None = None
     aliases: list[tuple[bytes, bytes]] = field(default_factory=list)  # hard links: (directory, name)
+    direct: DirectFile | None = None  # written around the page cache (restore_direct.py)
 
 
 class Directories:

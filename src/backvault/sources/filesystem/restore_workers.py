@@ -39,7 +39,7 @@ from typing import IO, Any, TypeVar
 from backvault.repo.chunk_reader import codec_for
 from backvault.repo.crypto import MasterKey
 from backvault.repo.index import ChunkIndex
-from backvault.repo.memory import ReusedBuffer, tune_malloc
+from backvault.repo.memory import tune_malloc
 from backvault.repo.repository import Repository
 from backvault.repo.tree import Node
 from backvault.sources.filesystem.restore_plan import (
@@ -52,6 +52,7 @@ from backvault.sources.filesystem.restore_plan import (
 from backvault.sources.filesystem.restore_trees import TreeReader
 from backvault.sources.filesystem.restore_write import (
     Batch,
+    BatchMemory,
     BatchResult,
     FileJob,
     RestoreResult,
@@ -213,7 +214,7 @@ def _run_job(
     directories: Directories,
     job: SubtreeJob,
     outbound: IO[bytes],
-    buffer: ReusedBuffer,
+    memory: BatchMemory,
 ) -> BatchResult:
     """Restore a SubtreeJob: send what the walk found, then write the files and return the result."""
     walk = _JobWalk(repo, trees, directories, job)
@@ -221,7 +222,7 @@ def _run_job(
     result = BatchResult()
     for batch in walk.batches:
         if batch.files:
-            done = run_batch(repo.store, repo.codec, directories, batch, 0, buffer)
+            done = run_batch(repo.store, repo.codec, directories, batch, 0, memory)
             result.files_restored += done.files_restored
             result.bytes_written += done.bytes_written
             result.errors.extend(done.errors)
@@ -334,7 +335,7 @@ def _serve() -> None:
     directories = Directories(target_fd)
     repo = _open_repository(setup)
     trees = TreeReader(repo) if repo is not None else None
-    buffer = ReusedBuffer()  # every batch's packs are read into the same memory
+    memory = BatchMemory()  # every batch's packs are read into the same memory
     while True:
         message = _receive(inbound)
         if message is None:
@@ -343,9 +344,9 @@ def _serve() -> None:
             if isinstance(message, SubtreeJob):
                 if repo is None or trees is None:
                     raise ValueError("subtrees need the repository config")
-                answer: BatchResult | str = _run_job(repo, trees, directories, message, outbound, buffer)
+                answer: BatchResult | str = _run_job(repo, trees, directories, message, outbound, memory)
             else:
-                answer = run_batch(store, codec, directories, message, 0, buffer)
+                answer = run_batch(store, codec, directories, message, 0, memory)
         except Exception as error:  # reported for the batch's files; the next batch may still work
             answer = f"restore worker failed: {type(error).__name__}: {error}"
         _send(outbound, answer)
@@ -545,8 +546,9 @@ class BatchRunner:
             self._submit(self._batch)
             self._batch = Batch()
         umask = process_umask()
+        memory = BatchMemory()
         for batch in self._waiting:  # the restore stayed small: no workers
-            self._merge(run_batch(self.repo.store, self.repo.codec, self.directories, batch, umask))
+            self._merge(run_batch(self.repo.store, self.repo.codec, self.directories, batch, umask, memory))
         self._waiting = []
         if self._threads:
             while self._outstanding:

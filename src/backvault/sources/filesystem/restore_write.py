@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backvault.repo.blob import BlobCodec
-from backvault.repo.chunk_reader import read_located
+from backvault.repo.chunk_reader import PackReads, read_located
 from backvault.repo.errors import DamagedDataError
 from backvault.repo.index import Location
-from backvault.repo.memory import ReusedBuffer
 from backvault.repo.tree import Node
 from backvault.sources.filesystem.metadata import write_xattrs
+from backvault.sources.filesystem.restore_direct import DirectFile, DirectWrites
 from backvault.sources.filesystem.restore_plan import Directories, RestoredFile
+from backvault.storage import direct_io
 from backvault.storage.base import ObjectStore
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -171,13 +172,24 @@ def data_ranges(data: bytes, offset: int) -> list[tuple[int, int]]:
     return ranges
 
 
+@dataclass
+class BatchMemory:
+    """What a process keeps from batch to batch: where packs are read, how big files are written."""
+
+    reads: PackReads = field(default_factory=PackReads)
+    writes: DirectWrites = field(default_factory=DirectWrites)
+
+
 class FileWriter:
     """Writes chunk data into planned files and finishes each file when its last chunk arrives."""
 
-    def __init__(self, directories: Directories, result: RestoreResult, umask: int | None) -> None:
+    def __init__(
+        self, directories: Directories, result: RestoreResult, umask: int | None, direct: DirectWrites
+    ) -> None:
         self.directories = directories
         self.result = result
         self.umask = umask  # of this process; None: unknown
+        self.direct = direct
         self.open_files: OrderedDict[int, tuple[RestoredFile, int]] = OrderedDict()
         self.euid = os.geteuid()
         self.as_root = self.euid == 0
@@ -207,15 +219,16 @@ class FileWriter:
 
     def _create(self, item: RestoredFile) -> int:
         """Create the file empty, with its final mode if it can be (else private until finished)."""
-        parent = self.directories.fd(item.directory)
+        if self.direct.wanted(item.node.size):
+            item.direct = DirectFile(item.node.size)
         flags = _WRITE_FLAGS | os.O_CREAT | os.O_EXCL
         final = self._can_create_final(item)
         mode = item.node.mode if final else 0o600
         try:
-            fd = os.open(item.node.name, flags, mode, dir_fd=parent)
+            fd = self._open(item, flags, mode)
         except FileExistsError:
             self.directories.remove(item.directory, item.node.name)
-            fd = os.open(item.node.name, flags, mode, dir_fd=parent)
+            fd = self._open(item, flags, mode)
         item.created = True
         item.mode_set = final
         return fd
@@ -227,15 +240,28 @@ class FileWriter:
         if cached is not None:
             self.open_files.move_to_end(key)
             return cached[1]
-        if item.created:
-            fd = os.open(item.node.name, _WRITE_FLAGS, dir_fd=self.directories.fd(item.directory))
-        else:
-            fd = self._create(item)
+        fd = self._open(item, _WRITE_FLAGS) if item.created else self._create(item)
         self.open_files[key] = (item, fd)
         if len(self.open_files) > _OPEN_FILES:
             _, (_, oldest) = self.open_files.popitem(last=False)
             os.close(oldest)
         return fd
+
+    def _open(self, item: RestoredFile, flags: int, mode: int = 0o600) -> int:
+        """Open item in its directory, with O_DIRECT while it is written direct."""
+        parent = self.directories.fd(item.directory)
+        if item.direct is not None:
+            try:
+                return os.open(item.node.name, flags | direct_io.O_DIRECT, mode, dir_fd=parent)
+            except OSError as error:
+                if not direct_io.refused(error):
+                    raise
+                self.direct.enabled = False  # the target's filesystem does not take O_DIRECT
+                item.direct = None
+                if flags & os.O_EXCL:  # ours if it exists: some kernels create the file, then refuse
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(item.node.name, dir_fd=parent)
+        return os.open(item.node.name, flags, mode, dir_fd=parent)
 
     def write(self, item: RestoredFile, offset: int, data: bytes) -> None:
         """Write data at offset into item, skipping zero blocks; an OS error marks the file failed."""
@@ -243,6 +269,8 @@ class FileWriter:
             return
         try:
             fd = self.descriptor(item)
+            if item.direct is not None and self._write_direct(item, fd, offset, data):
+                return
             for start, end in data_ranges(data, offset):
                 view = memoryview(data)[start:end]
                 position = offset + start
@@ -253,6 +281,22 @@ class FileWriter:
                 item.data_end = max(item.data_end, offset + end)
         except OSError as error:
             item.failed = f"cannot write: {error.strerror}"
+
+    def _write_direct(self, item: RestoredFile, fd: int, offset: int, data: bytes) -> bool:
+        """Write data with O_DIRECT; False when refused (item is then written buffered)."""
+        assert item.direct is not None
+        try:
+            count, end = item.direct.write(fd, offset, data, data_ranges, self.direct.buffer)
+        except OSError as error:
+            if not direct_io.refused(error):
+                raise
+            self.direct.enabled = False
+            item.direct.spill(fd)
+            item.direct = None
+            return False
+        self.result.bytes_written += count
+        item.data_end = max(item.data_end, end)
+        return True
 
     def position_done(self, item: RestoredFile) -> None:
         """Count down item's pending chunks and finish it after the last one."""
@@ -283,6 +327,10 @@ class FileWriter:
 
     def _apply(self, fd: int, item: RestoredFile) -> None:
         node = item.node
+        if item.direct is not None:
+            count, end = item.direct.finish(fd, self.direct.buffer)
+            self.result.bytes_written += count
+            item.data_end = max(item.data_end, end)
         if item.data_end < node.size:  # trailing zeros were left out: they become a hole
             os.ftruncate(fd, node.size)
         if self._needs_chown(item):
@@ -315,14 +363,15 @@ def run_batch(
     directories: Directories,
     batch: Batch,
     umask: int | None,
-    buffer: ReusedBuffer | None = None,
+    memory: BatchMemory | None = None,
 ) -> BatchResult:
     """Restore every file of a batch: fetch each chunk once and write it everywhere it belongs.
 
-    umask: this process's (None: unknown); buffer: where packs are read (a worker keeps one).
+    umask: this process's (None: unknown); memory: what a worker keeps from batch to batch.
     """
+    memory = memory or BatchMemory()
     result = RestoreResult()
-    writer = FileWriter(directories, result, umask)
+    writer = FileWriter(directories, result, umask, memory.writes)
     positions: dict[str, list[tuple[RestoredFile, int]]] = {}
     tokens: list[tuple[int, RestoredFile]] = []
     empty: list[RestoredFile] = []
@@ -341,7 +390,7 @@ def run_batch(
     try:
         for item in empty:
             writer.finish(item)
-        for chunk_id, data in read_located(store, codec, batch.locations, buffer):
+        for chunk_id, data in read_located(store, codec, batch.locations, memory.reads):
             targets = positions.pop(chunk_id)
             if isinstance(data, DamagedDataError):
                 for item, _ in targets:

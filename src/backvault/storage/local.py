@@ -219,6 +219,7 @@ class LocalStore:
                 self._direct = False  # this filesystem or device wants buffered writes
                 direct_io.set_direct(fd, False)
                 os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
         _write_all(fd, view)
 
     def _write_temp(self, directory: Path, view: memoryview) -> Path:

@@ -119,6 +119,30 @@ def test_a_refused_direct_write_goes_on_through_the_page_cache(
     assert path.read_bytes() == data
 
 
+def test_a_refused_block_keeps_the_pieces_that_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3 * ALIGNMENT + 10)
+    path = tmp_path / "big"
+    fd = _open_direct(path)
+    direct = DirectFile(len(data))
+    buffer = AlignedBuffer()
+
+    def refuse(fd: int, view: memoryview, offset: int, buffer: AlignedBuffer) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(restore_direct, "_pwrite_direct", refuse)
+    try:
+        assert direct.write(fd, 0, data[:100], data_ranges, buffer) == (0, 0)  # a piece, kept
+        with pytest.raises(OSError):  # completes the first block, whose write is refused
+            direct.write(fd, 100, data[100 : ALIGNMENT + 50], data_ranges, buffer)
+        direct.spill(fd)
+        os.pwrite(fd, data[100:], 100)  # the refused chunk and the rest, buffered
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+
+
 def _big_tree(source: Path) -> None:
     rng = random.Random(3)
     source.mkdir()

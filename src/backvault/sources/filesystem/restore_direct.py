@@ -86,20 +86,22 @@ class DirectFile:
         return self._write_block(fd, block, buffer)
 
     def _write_block(self, fd: int, block: int, buffer: AlignedBuffer) -> tuple[int, int]:
-        """Assemble a block from its pieces (zeros where none came) and write it unless all zero."""
+        """Assemble a block from its pieces (zeros where none came) and write it unless all zero.
+
+        Its pieces are let go only once it is written: after a refused write, spill() needs them.
+        """
         content = bytearray(self._block_length(block))
-        for offset, piece in self._pieces.pop(block):
+        for offset, piece in self._pieces[block]:
             content[offset - block : offset - block + len(piece)] = piece
-        del self._filled[block]
-        if not any(content):
-            return 0, 0
-        if len(content) == ALIGNMENT:
+        written = any(content)
+        if written and len(content) == ALIGNMENT:
             _pwrite_direct(fd, memoryview(content), block, buffer)
-        else:  # the file's short last block: O_DIRECT cannot write it
+        elif written:  # the file's short last block: O_DIRECT cannot write it
             direct_io.set_direct(fd, False)
             _pwrite_all(fd, memoryview(content), block)
             direct_io.set_direct(fd, True)
-        return len(content), block + len(content)
+        del self._pieces[block], self._filled[block]
+        return (len(content), block + len(content)) if written else (0, 0)
 
     def finish(self, fd: int, buffer: AlignedBuffer) -> tuple[int, int]:
         """Write every block still incomplete (the rest of it is zeros): (bytes written, last end)."""

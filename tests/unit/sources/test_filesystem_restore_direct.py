@@ -193,6 +193,47 @@ def test_a_filesystem_without_o_direct_gets_buffered_writes(
     assert_same_tree(str(source), str(tmp_path / "restore" / "src"))
 
 
+def test_a_failing_direct_write_fails_its_file_and_only_it(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    os.close(_open_direct(tmp_path / "probe"))  # skips where O_DIRECT is refused
+    source = tmp_path / "src"
+    _big_tree(source)
+    snapshot = backup_paths(repo, [str(source)])
+
+    def failing(fd: int, view: memoryview, offset: int, buffer: AlignedBuffer) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(restore_direct, "_pwrite_direct", failing)
+    target = tmp_path / "restore"
+    result = restore_snapshot(repo, snapshot, str(target), workers=0)
+    failed = dict(result.errors)
+    assert sorted(failed) == ["/src/aligned", "/src/sparse", "/src/trailing-hole"]
+    assert set(failed.values()) == {"cannot write: Input/output error"}
+    assert sorted(os.listdir(target / "src")) == ["small"]  # the failed files are removed
+    assert (target / "src" / "small").read_bytes() == (source / "small").read_bytes()
+
+
+def test_a_device_that_refuses_direct_writes_gets_buffered_ones(
+    tmp_path: Path, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """O_DIRECT opens, but its writes are refused (a device with blocks over 4 KiB)."""
+    source = tmp_path / "src"
+    _big_tree(source)
+    snapshot = backup_paths(repo, [str(source)])
+
+    def refuse(fd: int, view: memoryview, offset: int, buffer: AlignedBuffer) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(restore_direct, "_pwrite_direct", refuse)
+    memory = restore_write.BatchMemory()
+    monkeypatch.setattr(restore_workers, "BatchMemory", lambda: memory)
+    result = restore_snapshot(repo, snapshot, str(tmp_path / "restore"), workers=0)
+    assert result.errors == []
+    assert not memory.writes.enabled
+    assert_same_tree(str(source), str(tmp_path / "restore" / "src"))
+
+
 def test_only_big_files_are_written_direct() -> None:
     writes = restore_direct.DirectWrites()
     if not direct_io.O_DIRECT:

@@ -290,13 +290,33 @@ class FileWriter:
         except OSError as error:
             if not direct_io.refused(error):
                 raise
-            self.direct.enabled = False
-            item.direct.spill(fd)
-            item.direct = None
+            self._stop_direct(item, fd)
             return False
         self.result.bytes_written += count
         item.data_end = max(item.data_end, end)
         return True
+
+    def _finish_direct(self, fd: int, item: RestoredFile) -> None:
+        """Write the blocks a direct file still holds (item.failed when that fails)."""
+        assert item.direct is not None
+        try:
+            count, end = item.direct.finish(fd, self.direct.buffer)
+        except OSError as error:
+            if direct_io.refused(error):
+                self._stop_direct(item, fd)
+            else:
+                item.failed = f"cannot write: {error.strerror}"
+            return
+        self.result.bytes_written += count
+        item.data_end = max(item.data_end, end)
+
+    def _stop_direct(self, item: RestoredFile, fd: int) -> None:
+        """After a refused direct write: item, and every file after it, through the page cache."""
+        assert item.direct is not None
+        self.direct.enabled = False
+        item.direct.spill(fd)
+        item.direct = None
+        item.data_end = 0  # the pieces reach anywhere: the file is extended to its size at the end
 
     def position_done(self, item: RestoredFile) -> None:
         """Count down item's pending chunks and finish it after the last one."""
@@ -328,9 +348,9 @@ class FileWriter:
     def _apply(self, fd: int, item: RestoredFile) -> None:
         node = item.node
         if item.direct is not None:
-            count, end = item.direct.finish(fd, self.direct.buffer)
-            self.result.bytes_written += count
-            item.data_end = max(item.data_end, end)
+            self._finish_direct(fd, item)
+            if item.failed is not None:
+                return
         if item.data_end < node.size:  # trailing zeros were left out: they become a hole
             os.ftruncate(fd, node.size)
         if self._needs_chown(item):
